@@ -287,7 +287,7 @@ def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
 
 
 def load_vgg16_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
-    """torchvision's VGG16 state dict from a local file, an URL, or "imagenet" (official URL).
+    """torchvision's VGG16 state dict from a local file, an URL (http, https, file), or "imagenet".
 
     URLs go through torch.hub's cache ($TORCH_HOME/hub/checkpoints); offline, a clear error
     says what to download and where to put it.
@@ -295,10 +295,12 @@ def load_vgg16_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     source = str(source)
     if source == "imagenet":
         source = VGG16_URL
-    if source.startswith(("http://", "https://")):
+    if source.startswith(("http://", "https://", "file://")):
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(source).name
         try:
-            return torch.hub.load_state_dict_from_url(source, map_location="cpu", progress=True, check_hash=False)
+            return torch.hub.load_state_dict_from_url(
+                source, map_location="cpu", progress=True, check_hash=False, weights_only=True
+            )
         except Exception as exc:  # URLError, socket errors, HTTP errors
             raise RuntimeError(
                 f"could not download the VGG16 weights from {source} ({exc}). Download that file "
@@ -314,3 +316,14 @@ def load_vgg16_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state
+
+
+class FocusMap(nn.Module):
+    """Deployment wrapper: RGB [B, 3, H, W] in [0, 1] → in-focus probability [B, 1, H, W]."""
+
+    def __init__(self, model: MultiStreamBTBNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(image).final)
