@@ -1,0 +1,111 @@
+"""Command line: `btbnet predict …` and `btbnet summary …` (also `python -m btbnet`).
+
+    btbnet predict IMAGE_OR_DIR... --model CKPT --out DIR [--overlay] [--max-size N] [--device cpu|cuda]
+    btbnet summary [--variant paper|fast] [--width W] [--scales 1 0.8 0.6] [--rrnet-steps N] [--size S]
+
+Errors in the user's input (a missing or unreadable file, a bad setting or checkpoint) print
+one line, `btbnet: error: <message>`, on stderr and exit with status 2, as argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import BTBNetConfig, ConfigError
+from .data import DataError
+from .predict import predict_paths
+from .summary import summarize
+
+PROG = "btbnet"
+EXIT_USAGE = 2
+# What a user's mistake raises; anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, DataError, ConfigError, ValueError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return int(exc.code or 0)
+    try:
+        return args.run(args)
+    except USER_ERRORS as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Defocus blur detection with the multi-stream BTBNet (Zhao et al., CVPR 2018)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="write a focus map (255 = in focus) per image",
+        description="Write OUT/<stem>.png, an 8-bit grey focus map (255 = in focus), for every image.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    predict.add_argument("--model", required=True, metavar="CKPT", help="checkpoint written by btbnet training")
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    predict.add_argument(
+        "--overlay", action="store_true", help="also write OUT/<stem>_overlay.png: image | map | shaded image"
+    )
+    predict.add_argument(
+        "--max-size", type=positive_int, metavar="N", help="run the model on images downscaled to at most N px"
+    )
+    predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
+    predict.set_defaults(run=run_predict)
+
+    summary = commands.add_parser(
+        "summary",
+        help="print the parameter count and GMACs of a model configuration as one JSON line",
+        description="Print one JSON line: the configuration, params and gmacs (billions of MACs per image).",
+    )
+    defaults = BTBNetConfig()
+    summary.add_argument("--variant", choices=("paper", "fast"), default=defaults.variant)
+    summary.add_argument("--width", type=float, default=defaults.width, help="channel multiplier (1.0 = paper)")
+    summary.add_argument("--scales", type=float, nargs="+", default=list(defaults.scales), metavar="S")
+    summary.add_argument("--rrnet-steps", type=int, default=defaults.rrnet_steps, metavar="N")
+    summary.add_argument("--size", type=positive_int, default=320, metavar="S", help="image side in px (default: 320)")
+    summary.set_defaults(run=run_summary)
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    # predict_paths checks every input and output name before it writes the first file.
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    model = load_checkpoint(args.model, map_location=args.device)
+    written = predict_paths(
+        model, args.inputs, args.out, overlay=args.overlay, max_size=args.max_size, device=args.device
+    )
+    print(f"wrote {len(written)} file(s) to {args.out}")
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    config = BTBNetConfig(
+        variant=args.variant, width=args.width, scales=tuple(args.scales), rrnet_steps=args.rrnet_steps
+    )
+    print(json.dumps(summarize(config, args.size)))
+    return 0
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -1,0 +1,220 @@
+"""Data sets of (image, mask) pairs for defocus blur detection: reading, pairing, PairDataset.
+
+A data set is a folder with two sub-folders, `image/` and `gt/` by default, whose files are
+matched by stem: ``image/0001.jpg`` ↔ ``gt/0001.png``. Masks are returned with the project
+convention, 255 (or 1.0) = in focus; `polarity` says what white means in the files:
+
+    "blurred"   white marks the out-of-focus region (Shi's / CUHK data set)
+    "in_focus"  white marks the in-focus region (DUT's original release)
+
+Reading rules, shared by every caller:
+  - Any PIL mode becomes RGB uint8. 16-bit grey ("I;16*", and "I" taken as 16-bit) is scaled
+    to 8 bits as round(v / 257), not clipped as PIL's own conversion does. Alpha is dropped,
+    not composited: the colour values are what the camera recorded, and compositing over a
+    background would invent edges. Floating-point ("F") images are refused.
+  - EXIF orientation is ignored: masks are annotated on the stored pixel grid.
+  - Files are fully decoded (`Image.load`), so truncated or corrupt files fail at read time
+    with a `DataError` that names them.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .augment import NUM_AUGMENTATIONS
+from .augment import augment as augment_pair
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # any case
+POLARITIES: tuple[str, ...] = ("blurred", "in_focus")  # what white (255) means in the mask files
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+MASK_THRESHOLD = 128  # luminance >= 128 is white
+
+# What PIL raises for unreadable, truncated or corrupt files, by format plugin.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A bad data file or folder; the message starts with the offending path."""
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """The image at `path` as RGB, [H, W, 3] uint8 (see the module doc for mode handling)."""
+    path = Path(path)
+    with _open_decoded(path) as img:
+        if img.mode in SIXTEEN_BIT_MODES:
+            grey = _sixteen_to_eight_bit(np.asarray(img))  # [H, W]
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        if img.mode == "F":
+            raise DataError(f"{path}: floating-point images (PIL mode F) are not supported")
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def load_mask(path: str | Path, polarity: str) -> np.ndarray:
+    """The mask at `path`, [H, W] uint8 in {0, 255} with 255 = in focus.
+
+    Colour masks are reduced to luminance (ITU-R 601, as PIL's "L"), then thresholded at 128;
+    `polarity` ("blurred" or "in_focus") says what white means in the file.
+    """
+    _check_polarity(polarity)
+    rgb = load_rgb(path).astype(np.int32)  # [H, W, 3]
+    luminance_x1000 = 299 * rgb[:, :, 0] + 587 * rgb[:, :, 1] + 114 * rgb[:, :, 2]  # exact integers
+    white = luminance_x1000 >= MASK_THRESHOLD * 1000  # [H, W] bool
+    in_focus = white if polarity == "in_focus" else ~white
+    return np.where(in_focus, 255, 0).astype(np.uint8)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in `folder` (IMAGE_EXTENSIONS, any case), sorted by name.
+
+    Hidden files (".name", e.g. macOS "._0001.jpg" resource forks) are skipped.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    images = sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+    if not images:
+        accepted = ", ".join(IMAGE_EXTENSIONS)
+        raise DataError(f"{folder}: folder has no images (accepted extensions: {accepted}, any case)")
+    return images
+
+
+def find_pairs(root: str | Path, image_dir: str = "image", mask_dir: str = "gt") -> list[tuple[Path, Path]]:
+    """(image, mask) paths matched by stem, sorted by image name.
+
+    Every image needs a mask (any image extension) with the same stem; masks without an image
+    are ignored. Two files with the same stem in one folder are an error.
+    """
+    root = Path(root)
+    images = _by_stem(list_images(root / image_dir))
+    masks = _by_stem(list_images(root / mask_dir))
+    pairs = []
+    for stem, image in images.items():
+        if stem not in masks:
+            raise DataError(f"{image}: no mask with stem {stem!r} in {root / mask_dir}")
+        pairs.append((image, masks[stem]))
+    return pairs
+
+
+def load_pair(image_path: str | Path, mask_path: str | Path, polarity: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image [H, W, 3] uint8, mask [H, W] uint8 {0, 255}, 255 = in focus) of one pair."""
+    _check_polarity(polarity)
+    image, mask = load_rgb(image_path), load_mask(mask_path, polarity)
+    if image.shape[:2] != mask.shape:
+        (h, w), (mh, mw) = image.shape[:2], mask.shape
+        raise DataError(f"{image_path}: image is {w}×{h} (W×H) but its mask {mask_path} is {mw}×{mh}")
+    return image, mask
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] → float32 tensor [3, H, W] in [0, 1], the model's input format."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = list(image.shape) if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image: expected a uint8 array [H, W, 3], got {getattr(image, 'dtype', '')} {shape}")
+    return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
+
+
+def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W] in {0, 255} → float32 tensor [1, H, W] in {0, 1} (1 = in focus)."""
+    return torch.from_numpy(np.ascontiguousarray(mask == 255)).float().unsqueeze(0)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(image, mask) tensors of a data set folder, optionally ×16 augmented (section 4.1).
+
+    Item i is pair i, or with `augment` pair i // 16 under `btbnet.augment.augment(…, i % 16)`.
+    Returns image [3, S, S] float32 in [0, 1] and mask [1, S, S] float32 in {0, 1} (1 = in
+    focus), resized after augmentation to `size` × `size` (bilinear image, nearest mask), or at
+    the (augmented) native size when `size` is None; 45° versions are smaller squares, so
+    batching native sizes needs batch size 1. All pairs are matched at construction
+    (`find_pairs`); images are decoded lazily in `__getitem__`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        polarity: str,
+        size: int | None,
+        augment: bool = False,
+        image_dir: str = "image",
+        mask_dir: str = "gt",
+    ):
+        _check_polarity(polarity)
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"size: must be a positive integer or None, got {size!r}")
+        self.root = Path(root)
+        self.polarity = polarity
+        self.size = size
+        self.augment = bool(augment)
+        self.pairs: list[tuple[Path, Path]] = find_pairs(self.root, image_dir, mask_dir)
+        self.stems: list[str] = [image.stem for image, _ in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs) * (NUM_AUGMENTATIONS if self.augment else 1)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.arrays(index)
+        return to_tensor(image), mask_to_tensor(mask)
+
+    def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index` as arrays: image [S, S, 3] uint8, mask [S, S] uint8 {0, 255}."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index: {index} out of range for {len(self)} items")
+        index %= len(self)  # negative indices count from the end
+        pair, version = divmod(index, NUM_AUGMENTATIONS) if self.augment else (index, 0)
+        image, mask = load_pair(*self.pairs[pair], self.polarity)
+        if self.augment:
+            image, mask = augment_pair(image, mask, version)
+        if self.size is not None:
+            image = _resize(image, Image.Resampling.BILINEAR, self.size)
+            mask = _resize(mask, Image.Resampling.NEAREST, self.size)
+        return image, mask
+
+
+def _resize(array: np.ndarray, resample: Image.Resampling, size: int) -> np.ndarray:
+    if array.shape[:2] == (size, size):
+        return array
+    return np.array(Image.fromarray(array).resize((size, size), resample))
+
+
+def _open_decoded(path: Path) -> Image.Image:
+    """Open and fully decode `path`; DataError naming the file when that fails."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    img = None
+    try:
+        img = Image.open(path)
+        img.load()  # force the full decode: truncated files fail here, not later
+    except _DECODE_ERRORS as exc:
+        if img is not None:
+            img.close()
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    return img
+
+
+def _sixteen_to_eight_bit(values: np.ndarray) -> np.ndarray:
+    """16-bit grey levels [H, W] → uint8 by round(v / 257) (65535 → 255); "I" clipped to 16 bits."""
+    v = np.clip(values.astype(np.float64), 0, 65535)
+    return np.rint(v / 257).astype(np.uint8)
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def _by_stem(paths: list[Path]) -> dict[str, Path]:
+    by_stem: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in by_stem:
+            raise DataError(f"{path}: duplicate stem {path.stem!r}, also used by {by_stem[path.stem]}")
+        by_stem[path.stem] = path
+    return by_stem
+
+
+def _check_polarity(polarity: str) -> None:
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity: must be one of {POLARITIES}, got {polarity!r}")

@@ -1,0 +1,201 @@
+"""Inference: defocus blur detection maps for images and files.
+
+A map is uint8 [H, W] at the image's own resolution, 255 = in focus, 0 = blurred: the
+probability sigmoid(M_final) of the final map (eq. 5) scaled to 0…255. This is the "DBD map"
+the paper binarises at every integer threshold for its PR curves (section 4.2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from .checkpoint import unwrap
+from .data import list_images, load_rgb, to_tensor
+
+# Third panel of `overlay`: blurred pixels are blended towards this colour, by this much.
+BLUR_TINT = np.array([20, 50, 150], dtype=np.float32)  # dark blue
+BLUR_STRENGTH = 0.65  # 0 keeps the image, 1 paints fully blurred pixels in BLUR_TINT
+
+
+def predict_map(
+    model: nn.Module,
+    image: np.ndarray,
+    max_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Focus map of one image: uint8 [H, W] with 255 = in focus, at the image's size.
+
+    image:    uint8 [H, W, 3] RGB (as `btbnet.data.load_rgb` returns it).
+    max_size: if the image's longer side exceeds it, the model sees the image downscaled
+              (antialiased bilinear) so that side is `max_size`, and the probability map is
+              resized back to H×W bilinearly. None: always the native size.
+    device:   where the model runs; the model is moved there (a no-op if it already is).
+
+    The model runs in eval mode without gradients; its training mode is restored afterwards.
+    """
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
+        raise ValueError(f"max_size: must be a positive integer or None, got {max_size!r}")
+    x = to_tensor(image).unsqueeze(0).to(device)  # [1, 3, H, W] in [0, 1]
+    size = tuple(x.shape[-2:])
+    inference_size = fit_within(size, max_size)
+    if inference_size != size:
+        x = F.interpolate(x, size=inference_size, mode="bilinear", align_corners=False, antialias=True)
+    with eval_mode(model.to(device)), torch.no_grad():
+        prob = torch.sigmoid(model(x).final)  # [1, 1, h, w] in [0, 1]
+    if inference_size != size:
+        prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+    return prob_to_uint8(prob[0, 0])
+
+
+def fit_within(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """(h, w) scaled so that max(h, w) ≤ max_size, aspect ratio kept; unchanged if it fits."""
+    h, w = size
+    if max_size is None or max(h, w) <= max_size:
+        return h, w
+    scale = max_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def prob_to_uint8(prob: torch.Tensor) -> np.ndarray:
+    """Probabilities [H, W] in [0, 1] → uint8 [H, W], 1.0 ↦ 255 (rounded)."""
+    return prob.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def overlay(image: np.ndarray, focus_map: np.ndarray) -> np.ndarray:
+    """Side-by-side picture for eyes: uint8 [H, 3·W, 3].
+
+    Panels, left to right:
+      1. the image itself;
+      2. the focus map as grey (white = in focus, black = blurred);
+      3. the image with its blurred part shaded: each pixel is blended towards BLUR_TINT
+         (dark blue) by BLUR_STRENGTH × (1 − map / 255), so in-focus pixels keep their
+         colours and fully blurred ones are darkened and tinted.
+
+    image: uint8 [H, W, 3] RGB; focus_map: uint8 [H, W], 255 = in focus.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image: expected a uint8 array [H, W, 3], got {image.dtype} {list(image.shape)}")
+    if focus_map.shape != image.shape[:2] or focus_map.dtype != np.uint8:
+        raise ValueError(
+            f"focus_map: expected uint8 {list(image.shape[:2])} like the image, "
+            f"got {focus_map.dtype} {list(focus_map.shape)}"
+        )
+    grey = np.repeat(focus_map[:, :, None], 3, axis=2)  # [H, W, 3]
+    blurred = BLUR_STRENGTH * (1.0 - focus_map[:, :, None].astype(np.float32) / 255)  # [H, W, 1]
+    shaded = image.astype(np.float32) * (1 - blurred) + BLUR_TINT * blurred  # [H, W, 3]
+    shaded = np.clip(np.rint(shaded), 0, 255).astype(np.uint8)
+    return np.concatenate([image, grey, shaded], axis=1)
+
+
+def predict_paths(
+    model: nn.Module,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    overlay: bool = False,
+    max_size: int | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> list[Path]:
+    """Write a focus map for every input image; returns the written paths in order.
+
+    inputs:  image files and folders (a folder contributes `btbnet.data.list_images`).
+    Writes `out_dir/<stem>.png` (8-bit grey, mode "L") per image and, with `overlay`,
+    `out_dir/<stem>_overlay.png` (see `overlay`). All inputs are checked before anything
+    is written: a missing path raises FileNotFoundError, two inputs claiming the same output
+    name (same stem) raise ValueError naming both. Each PNG is written to a temporary file
+    and renamed into place, so `out_dir` never holds a partial file; an unreadable image
+    raises `btbnet.data.DataError` naming it (maps written before it stay).
+    A tqdm bar on stderr shows progress when `progress` and there are several images.
+    """
+    jobs = plan_outputs(expand_inputs(inputs), Path(out_dir), overlay)
+    written: list[Path] = []
+    for source, map_path, overlay_path in tqdm(
+        jobs, desc="btbnet predict", unit="image", disable=not progress or len(jobs) < 2
+    ):
+        written += predict_file(model, source, map_path, overlay_path, max_size, device)
+    return written
+
+
+def predict_file(
+    model: nn.Module,
+    source: Path,
+    map_path: Path,
+    overlay_path: Path | None,
+    max_size: int | None,
+    device: str | torch.device,
+) -> list[Path]:
+    """Read `source`, write its map (and overlay, if a path is given); the written paths."""
+    image = load_rgb(source)
+    focus_map = predict_map(unwrap(model), image, max_size=max_size, device=device)
+    written = [save_png(focus_map, map_path)]
+    if overlay_path is not None:
+        written.append(save_png(overlay(image, focus_map), overlay_path))
+    return written
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files of `inputs`, folders expanded, in order; a file listed twice counts once."""
+    if not inputs:
+        raise ValueError("inputs: no image or folder given")
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += list_images(item)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such image or folder")
+    unique = {f.resolve(): f for f in reversed(files)}  # keeps each file's first occurrence
+    return [f for f in files if unique[f.resolve()] is f]
+
+
+def plan_outputs(files: list[Path], out_dir: Path, overlay: bool) -> list[tuple[Path, Path, Path | None]]:
+    """(source, map path, overlay path or None) per file; ValueError on a name clash."""
+    sources = {f.resolve() for f in files}
+    claimed: dict[Path, Path] = {}  # output path → the input that writes it
+    jobs = []
+    for source in files:
+        map_path = out_dir / f"{source.stem}.png"
+        overlay_path = out_dir / f"{source.stem}_overlay.png" if overlay else None
+        for out in filter(None, (map_path, overlay_path)):
+            if out in claimed:
+                raise ValueError(f"{claimed[out]} and {source} would both be written to {out} (same file name stem)")
+            if out.resolve() in sources:
+                raise ValueError(f"{out}: output would overwrite an input image; choose another output folder")
+            claimed[out] = source
+        jobs.append((source, map_path, overlay_path))
+    return jobs
+
+
+def save_png(array: np.ndarray, path: Path) -> Path:
+    """Write uint8 [H, W] (mode "L") or [H, W, 3] (RGB) as PNG, atomically (temp + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # not tempfile.mkstemp: its files are private (0600), the maps get the usual permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

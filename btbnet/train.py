@@ -1,0 +1,218 @@
+"""The paper's optimisation recipe (section 4.1) and a plain, reusable training loop.
+
+Recipe: SGD with momentum 0.9 and weight decay 5e-4; learning rate 1e-4 for the VGG16
+backbone (ImageNet-initialised) and 1e-3 for the layers the paper adds (top-bottom stream,
+FNet, RRNet). The loss is eq. 7 (`btbnet.losses`).
+
+Batches: a loader yields either `(images, masks)` pairs or mappings with keys "image" and
+"mask"; images [B, 3, H, W] float RGB in [0, 1], masks [B, 1, H, W] with 1 = in focus.
+Nothing here knows about distributed training: a DistributedDataParallel-wrapped model
+works as is (its gradients are synchronised in `backward`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import unwrap
+from .config import ConfigError
+from .losses import REDUCTIONS, loss_terms
+
+Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and loss settings; defaults are the paper's (sections 3.3 and 4.1).
+
+    lr_backbone:     SGD learning rate of the VGG16 backbones.
+    lr_new:          learning rate of the randomly initialised layers.
+    momentum:        SGD momentum, in [0, 1).
+    weight_decay:    L2 penalty (SGD's weight_decay), ≥ 0.
+    aux_weight:      αₙ of eq. 7: one number for every stream, or one per stream.
+    loss_reduction:  "mean" (over pixels and batch) or "sum" (Caffe: sum over pixels,
+                     mean over batch); see `btbnet.losses`.
+    """
+
+    lr_backbone: float = 1e-4
+    lr_new: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    aux_weight: float | tuple[float, ...] = 1.0
+    loss_reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        for key in ("lr_backbone", "lr_new", "weight_decay"):
+            _check_number(key, getattr(self, key), low=0.0)
+        _check_number("momentum", self.momentum, low=0.0, high=1.0)
+        if isinstance(self.aux_weight, (list, tuple)):
+            object.__setattr__(self, "aux_weight", tuple(self.aux_weight))
+            if not self.aux_weight:
+                raise ConfigError("aux_weight: must be a number or a non-empty list of numbers, got []")
+            for a in self.aux_weight:
+                _check_number("aux_weight", a, low=0.0)
+        else:
+            _check_number("aux_weight", self.aux_weight, low=0.0)
+        if self.loss_reduction not in REDUCTIONS:
+            raise ConfigError(f"loss_reduction: must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(self.aux_weight, tuple):
+            d["aux_weight"] = list(self.aux_weight)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "OptimConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown optimiser setting (known: {sorted(known)})")
+        return cls(**d)
+
+
+def _check_number(key: str, value: Any, low: float, high: float | None = None) -> None:
+    """ConfigError naming `key` unless low ≤ value (< high), a finite real number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        bound = f"in [{low:g}, {high:g})" if high is not None else f"a number >= {low:g}"
+        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+
+
+def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
+    """SGD with two parameter groups (section 4.1), named by their "name" entry.
+
+    "backbone": `model.backbone_parameters()` at `lr_backbone`;
+    "new":      `model.new_parameters()` at `lr_new`.
+    Both share momentum and weight decay. A DDP-wrapped model is unwrapped first.
+    """
+    net = unwrap(model)
+    groups = [
+        {"name": "backbone", "params": net.backbone_parameters(), "lr": config.lr_backbone},
+        {"name": "new", "params": net.new_parameters(), "lr": config.lr_new},
+    ]
+    return torch.optim.SGD(groups, lr=config.lr_new, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def train_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    config: OptimConfig,
+    *,
+    step: int | None = None,
+) -> dict[str, float]:
+    """One SGD step on a batch; returns the loss terms of eq. 7 as floats (before the update).
+
+    images [B, 3, H, W] and masks [B, 1, H, W] must already be on the model's device.
+    Raises FloatingPointError (naming `step` when given) if the loss is not finite; the
+    weights are left untouched in that case.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    terms = loss_terms(model(images), masks, config.aux_weight, config.loss_reduction)
+    check_finite(terms, step)
+    terms["total"].backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    config: OptimConfig,
+    device: str | torch.device = "cpu",
+    on_step: StepCallback | None = None,
+    max_steps: int | None = None,
+) -> dict[str, float]:
+    """One pass over `loader` (at most `max_steps` batches); mean of each loss term.
+
+    The means are weighted by batch size, i.e. per-sample averages over the epoch.
+    `on_step(step_index, terms)` is called after every step, step_index counting from 0.
+    """
+    totals = _RunningMean()
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        images, masks = to_device(batch, device)
+        terms = train_step(model, images, masks, optimizer, config, step=step)
+        totals.add(terms, weight=images.shape[0])
+        if on_step is not None:
+            on_step(step, terms)
+    if not totals.weight:
+        raise ValueError("loader: yielded no batches")
+    return totals.mean()
+
+
+def evaluate_loss(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    config: OptimConfig,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Validation loss: the per-sample mean of eq. 7's total over `loader`, without gradients.
+
+    The model runs in eval mode; its previous mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    totals = _RunningMean()
+    try:
+        with torch.no_grad():
+            for step, batch in enumerate(loader):
+                images, masks = to_device(batch, device)
+                terms = loss_terms(model(images), masks, config.aux_weight, config.loss_reduction)
+                check_finite(terms, step)
+                totals.add({"total": float(terms["total"])}, weight=images.shape[0])
+    finally:
+        model.train(was_training)
+    if not totals.weight:
+        raise ValueError("loader: yielded no batches")
+    return totals.mean()["total"]
+
+
+def to_device(batch: Batch, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, masks) of a batch, as float tensors on `device`."""
+    if isinstance(batch, Mapping):
+        missing = [k for k in ("image", "mask") if k not in batch]
+        if missing:
+            raise KeyError(f"{missing[0]}: missing from the batch (keys: {sorted(batch)})")
+        images, masks = batch["image"], batch["mask"]
+    else:
+        images, masks = batch
+    return images.to(device, torch.float32), masks.to(device, torch.float32)
+
+
+def check_finite(terms: Mapping[str, torch.Tensor], step: int | None) -> None:
+    """FloatingPointError naming the step and the term if any loss term is NaN or infinite."""
+    for name, value in terms.items():
+        if not torch.isfinite(value):
+            where = f"step {step}" if step is not None else "this step"
+            raise FloatingPointError(f"{where}: loss term {name!r} is {float(value.detach())} (diverged or NaN input)")
+
+
+class _RunningMean:
+    """Weighted running mean of several named values."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weight = 0.0
+
+    def add(self, values: Mapping[str, float], weight: float) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value * weight
+        self.weight += weight
+
+    def mean(self) -> dict[str, float]:
+        return {key: s / self.weight for key, s in self.sums.items()} if self.weight else {}

@@ -1,0 +1,152 @@
+"""Command line: `btbnet predict`, `btbnet summary`, errors, and both entry points."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
+from btbnet.cli import main
+from btbnet.data import load_rgb
+from btbnet.predict import predict_map
+from btbnet.summary import count_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+CONSOLE_SCRIPT = Path(sys.executable).parent / "btbnet"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model(BTBNetConfig(variant="fast", width=0.0625, scales=(1.0, 0.6), rrnet_steps=1))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture()
+def images(tmp_path) -> dict[str, tuple[int, int]]:
+    """Three images in tmp_path/in: RGB JPEG, grey PNG, RGBA PNG; name → (H, W)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (14, 20, 3), dtype=np.uint8)).save(folder / "rgb.jpg")
+    Image.fromarray(rng.integers(0, 256, (17, 9), dtype=np.uint8)).save(folder / "grey.png")
+    Image.fromarray(rng.integers(0, 256, (12, 12, 4), dtype=np.uint8)).save(folder / "alpha.png")
+    return {"rgb.jpg": (14, 20), "grey.png": (17, 9), "alpha.png": (12, 12)}
+
+
+def test_predict_writes_a_map_per_image_consistent_with_predict_map(checkpoint, images, tmp_path, capsys):
+    inputs = [str(tmp_path / "in" / name) for name in images]
+    out = tmp_path / "out"
+    assert main(["predict", *inputs, "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert "wrote 3 file(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.png", "grey.png", "rgb.png"]
+    model = load_checkpoint(checkpoint)
+    for name, (h, w) in images.items():
+        with Image.open(out / f"{Path(name).stem}.png") as img:
+            assert img.mode == "L" and img.size == (w, h)
+            focus = np.asarray(img)
+        np.testing.assert_array_equal(focus, predict_map(model, load_rgb(tmp_path / "in" / name)))
+
+
+def test_predict_folder_with_overlay_and_max_size(checkpoint, images, tmp_path):
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "in"), "--model", str(checkpoint), "--out", str(out), "--overlay",
+            "--max-size", "10"]
+    assert main(argv) == 0
+    model = load_checkpoint(checkpoint)
+    for name, (h, w) in images.items():
+        stem = Path(name).stem
+        with Image.open(out / f"{stem}_overlay.png") as img:
+            assert img.mode == "RGB" and img.size == (3 * w, h)
+        with Image.open(out / f"{stem}.png") as img:
+            assert img.size == (w, h)
+            expected = predict_map(model, load_rgb(tmp_path / "in" / name), max_size=10)
+            np.testing.assert_array_equal(np.asarray(img), expected)
+    assert len(list(out.iterdir())) == 6
+
+
+def test_corrupt_image_exits_2_naming_it_and_writes_nothing(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    out = tmp_path / "out"
+    assert main(["predict", str(bad), "--model", str(checkpoint), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("btbnet: error: ") and str(bad) in err
+    assert "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [None, b"not a checkpoint"], ids=["missing", "garbage"])
+def test_bad_checkpoint_exits_2_naming_it(images, tmp_path, capsys, content):
+    ckpt = tmp_path / "model.pt"
+    if content is not None:
+        ckpt.write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "--model", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("btbnet: error: ") and str(ckpt) in err
+    assert not out.exists()
+
+
+def test_missing_input_and_duplicate_stems_exit_2(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.png"
+    assert main(["predict", str(missing), "--model", str(checkpoint), "--out", str(out)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    shutil.copy(tmp_path / "in" / "grey.png", tmp_path / "rgb.png")  # clashes with in/rgb.jpg
+    assert main(["predict", str(tmp_path / "in"), str(tmp_path / "rgb.png"), "--model", str(checkpoint),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "rgb.jpg" in err and "rgb.png" in err
+    assert not out.exists()
+
+
+def test_usage_errors_exit_2(checkpoint, tmp_path, capsys):
+    assert main(["predict", "x.png", "--model", str(checkpoint), "--out", str(tmp_path), "--max-size", "0"]) == 2
+    assert "--max-size" in capsys.readouterr().err
+    assert main(["predict", "x.png", "--out", str(tmp_path)]) == 2  # --model is required
+    assert "--model" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+
+
+def test_summary_prints_one_json_line_with_the_parameter_count(capsys):
+    argv = ["summary", "--variant", "fast", "--width", "0.125", "--scales", "1", "0.5", "--rrnet-steps", "2",
+            "--size", "64"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    summary = json.loads(out)
+    config = BTBNetConfig(variant="fast", width=0.125, scales=(1, 0.5), rrnet_steps=2)
+    assert summary["params"] == count_parameters(build_model(config))
+    assert summary["gmacs"] > 0
+    settings = (summary["variant"], summary["width"], summary["scales"], summary["rrnet_steps"], summary["size"])
+    assert settings == ("fast", 0.125, [1.0, 0.5], 2, 64)
+
+
+def test_summary_bad_setting_exits_2_naming_the_key(capsys):
+    assert main(["summary", "--scales", "1", "-0.5"]) == 2
+    assert capsys.readouterr().err.startswith("btbnet: error: scales:")
+
+
+def run_command(command: list[str]) -> dict:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_module_entry_point():
+    summary = run_command([sys.executable, "-m", "btbnet", "summary", "--width", "0.0625", "--size", "32"])
+    assert summary["size"] == 32 and summary["params"] > 0 and summary["width"] == 0.0625
+
+
+@pytest.mark.skipif(not CONSOLE_SCRIPT.exists(), reason=f"console script not installed at {CONSOLE_SCRIPT}")
+def test_console_script():
+    summary = run_command([str(CONSOLE_SCRIPT), "summary", "--width", "0.0625", "--size", "32"])
+    assert summary["size"] == 32 and summary["params"] > 0

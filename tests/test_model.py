@@ -1,0 +1,441 @@
+"""The network (paper, section 3), its ImageNet initialisation, its config, and its MAC/parameter counts."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from btbnet import BTBNetConfig, ConfigError, Prediction, build_model
+from btbnet.model import VGG16_FEATURE_INDEX, load_vgg16_state_dict, vgg16_to_btbnet
+from btbnet.summary import count_macs, count_parameters, summarize
+
+VARIANTS = ("paper", "fast")
+TABLE2_SCALES = [(1.0,), (1.0, 0.8), (1.0, 0.8, 0.6), (1.0, 0.8, 0.6, 0.4)]  # paper, Table 2
+TINY = 0.0625  # width: 4…32 channels instead of 64…512
+
+# Paper channel counts, written out independently of btbnet.model.
+VGG16_CONVS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+TOP_BOTTOM = [256, 128, 64, 1]
+FRRNET = [64, 128, 64, 1]
+VGG16_FEATURES_PARAMS = 14_714_688  # torchvision vgg16().features, a well-known figure
+
+
+@pytest.fixture(autouse=True)
+def tiny_model_cpu_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny convs run fastest on one thread with native kernels: no thread hand-offs (costly on a
+    busy machine) and no oneDNN kernel build per conv shape."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(variant: str = "paper", scales=(1.0, 0.8), rrnet_steps: int = 1, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(BTBNetConfig(variant=variant, width=TINY, scales=scales, rrnet_steps=rrnet_steps))
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scales", TABLE2_SCALES, ids=lambda s: f"{len(s)}S")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_map_has_the_input_size(variant: str, scales: tuple[float, ...]) -> None:
+    model = tiny(variant, scales).eval()
+    for height, width in [(1, 1), (5, 7), (9, 9), (17, 23), (32, 32)]:
+        with torch.no_grad():
+            out = model(torch.rand(2, 3, height, width))
+        assert isinstance(out, Prediction)
+        assert out.final.shape == (2, 1, height, width)
+        assert len(out.streams) == len(scales)
+        for m in out.streams:
+            assert m.shape == (2, 1, height, width)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_backbone_resolution_per_variant(variant: str) -> None:
+    # paper: all five pooling layers deleted (section 3.1); fast: VGG16's pooling, ceil mode
+    stream = tiny(variant).streams[0]
+    features = stream.backbone(torch.rand(1, 3, 20, 30))
+    sizes = [tuple(f.shape[-2:]) for f in features]
+    if variant == "paper":
+        assert sizes == [(20, 30)] * 5
+    else:
+        assert sizes == [(20, 30), (10, 15), (5, 8), (3, 4), (2, 2)]
+    assert [f.shape[1] for f in features] == [4, 8, 16, 32, 32]
+
+
+# --- training: forward + backward ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rrnet_steps", [0, 1, 3])
+@pytest.mark.parametrize("scales", TABLE2_SCALES, ids=lambda s: f"{len(s)}S")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_backward_reaches_every_parameter(variant: str, scales: tuple[float, ...], rrnet_steps: int) -> None:
+    model = tiny(variant, scales, rrnet_steps).train()
+    assert (model.rrnet is None) == (rrnet_steps == 0)
+    image = torch.rand(2, 3, 13, 18)
+    target = (torch.rand(2, 1, 13, 18) > 0.5).float()
+
+    out = model(image)
+    # eq. 7 with alpha_n = 1: main loss on M_final, auxiliary loss on every stream
+    loss = sum(F.binary_cross_entropy_with_logits(m, target) for m in [out.final, *out.streams])
+    loss.backward()
+
+    for m in [out.final, *out.streams]:
+        assert torch.isfinite(m).all()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: non-finite gradient"
+    dead = [name for name, p in model.named_parameters() if not p.grad.any()]
+    assert len(dead) <= len(list(model.parameters())) // 20, f"all-zero gradients: {dead}"
+
+
+# --- architecture --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rrnet_steps_change_only_the_final_map(variant: str) -> None:
+    weights = tiny(variant, rrnet_steps=3).state_dict()
+    image = torch.rand(1, 3, 16, 20)
+    outs = {}
+    for steps in (0, 1, 3):
+        model = tiny(variant, rrnet_steps=steps).eval()
+        shared = {k: v for k, v in weights.items() if steps > 0 or not k.startswith("rrnet.")}
+        model.load_state_dict(shared)  # same streams, FNet and RRNet for every step count
+        with torch.no_grad():
+            outs[steps] = model(image)
+    for a, b in [(0, 1), (1, 3), (0, 3)]:
+        assert not torch.allclose(outs[a].final, outs[b].final), f"rrnet_steps {a} and {b} give the same map"
+        for sa, sb in zip(outs[a].streams, outs[b].streams):
+            torch.testing.assert_close(sa, sb)
+
+
+def test_one_stream_per_scale_each_with_its_own_weights() -> None:
+    model = tiny(scales=(1.0, 0.8, 0.6, 0.4))
+    assert len(model.streams) == 4
+    firsts = [s.backbone.blocks[0].convs[0].weight for s in model.streams]
+    lasts = [s.top_bottom.steps[-1].lateral.weight for s in model.streams]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            for w in (firsts, lasts):
+                assert w[i].data_ptr() != w[j].data_ptr()
+                assert not torch.equal(w[i], w[j])
+
+
+def test_stream_output_has_no_relu_so_logits_can_be_negative() -> None:
+    # A ReLU after the last FFIC step would clamp every logit to >= 0 (section 3.1, eq. 6).
+    model = tiny(scales=(1.0,), rrnet_steps=0).eval()
+    last = model.streams[0].top_bottom.steps[-1]
+    with torch.no_grad():
+        for conv, bias in [(last.top, -3.0), (last.lateral, -2.0)]:
+            conv.weight.zero_()
+            conv.bias.fill_(bias)
+        out = model(torch.rand(1, 3, 9, 11))
+    torch.testing.assert_close(out.streams[0], torch.full((1, 1, 9, 11), -5.0))
+
+
+@pytest.mark.parametrize("rrnet_steps", [0, 2])
+def test_final_conv_has_no_relu(rrnet_steps: int) -> None:
+    # eq. 4: the last conv of FNet (and of RRNet, eq. 5) outputs the logit map directly
+    model = tiny(rrnet_steps=rrnet_steps).eval()
+    last = (model.rrnet or model.fnet).convs[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-4.0)
+        out = model(torch.rand(1, 3, 9, 11))
+    torch.testing.assert_close(out.final, torch.full((1, 1, 9, 11), -4.0))
+
+
+def test_fusion_input_channels_follow_eq2_and_eq5() -> None:
+    model = tiny(scales=(1.0, 0.8, 0.6), rrnet_steps=3)
+    assert model.fnet.convs[0].in_channels == 3 + 3  # N maps + RGB image (eq. 2)
+    assert model.rrnet.convs[0].in_channels == 1 + 3  # one map + RGB image (eq. 5)
+    assert [c.out_channels for c in model.fnet.convs] == [4, 8, 4, 1]
+
+
+def test_backbone_and_new_parameters_partition_the_model() -> None:
+    model = tiny(scales=(1.0, 0.8, 0.6), rrnet_steps=3)
+    backbone = {id(p) for p in model.backbone_parameters()}
+    new = {id(p) for p in model.new_parameters()}
+    everything = {id(p) for p in model.parameters()}
+    assert backbone.isdisjoint(new)
+    assert backbone | new == everything
+    assert len(backbone) == 3 * 13 * 2  # 13 convs per stream, weight + bias
+    assert {id(p) for p in model.fnet.parameters()} <= new
+
+
+def test_default_model_is_the_papers() -> None:
+    with torch.device("meta"):
+        model = build_model()
+    assert model.config == BTBNetConfig(variant="paper", width=1.0, scales=(1.0, 0.8, 0.6), rrnet_steps=3)
+    assert model.streams[0].backbone.blocks[4].convs[2].out_channels == 512
+
+
+# --- config validation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"scales": ()}, "scales"),
+        ({"scales": (1.0, 0.0)}, "scales"),
+        ({"scales": (1.0, -0.5)}, "scales"),
+        ({"rrnet_steps": -1}, "rrnet_steps"),
+        ({"rrnet_steps": 1.5}, "rrnet_steps"),
+        ({"variant": "resnet"}, "variant"),
+        ({"width": 0}, "width"),
+        ({"width": -0.5}, "width"),
+    ],
+)
+def test_config_errors_start_with_the_key(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        BTBNetConfig(**kwargs)
+    assert str(err.value).startswith(f"{key}:")
+
+
+def test_config_dict_round_trip_and_unknown_keys() -> None:
+    config = BTBNetConfig(variant="fast", width=0.5, scales=(1, 0.8), rrnet_steps=2)
+    assert BTBNetConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["scales"] == [1.0, 0.8]
+    with pytest.raises(ConfigError) as err:
+        BTBNetConfig.from_dict({**config.to_dict(), "depth": 16})
+    assert str(err.value).startswith("depth:")
+
+
+# --- ImageNet VGG16 initialisation (section 3.3) ---------------------------------------------
+
+
+def fake_vgg16_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's vgg16() state dict layout with random values; features at the real shapes."""
+    gen = torch.Generator().manual_seed(16)
+    state, c_in = {}, 3
+    indices = iter([0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28])
+    for block in VGG16_CONVS:
+        for c_out in block:
+            idx = next(indices)
+            state[f"features.{idx}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=gen)
+            state[f"features.{idx}.bias"] = torch.randn(c_out, generator=gen)
+            c_in = c_out
+    # The classifier must be ignored; small stand-ins (the real ones are 120M values).
+    for idx in (0, 3, 6):
+        state[f"classifier.{idx}.weight"] = torch.randn(8, 4, generator=gen)
+        state[f"classifier.{idx}.bias"] = torch.randn(8, generator=gen)
+    return state
+
+
+@pytest.fixture(scope="module")
+def vgg16_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    state = fake_vgg16_state_dict()
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-fake.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def assert_backbones_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for n, stream in enumerate(model.streams):
+        for (b, i), idx in VGG16_FEATURE_INDEX.items():
+            conv = stream.backbone.blocks[b].convs[i]
+            assert torch.equal(conv.weight, state[f"features.{idx}.weight"]), f"stream {n} conv{b + 1}_{i + 1}"
+            assert torch.equal(conv.bias, state[f"features.{idx}.bias"]), f"stream {n} conv{b + 1}_{i + 1}"
+
+
+def test_imagenet_weights_fill_every_backbone_and_nothing_else(vgg16_file) -> None:
+    path, state = vgg16_file
+    config = BTBNetConfig(width=1.0, scales=(1, 0.8))
+    torch.manual_seed(3)
+    loaded = build_model(config, vgg16_weights=path)
+    torch.manual_seed(3)
+    random = build_model(config)
+
+    assert_backbones_equal(loaded, state)
+    assert not torch.equal(random.streams[0].backbone.blocks[0].convs[0].weight, state["features.0.weight"])
+    for a, b in zip(loaded.new_parameters(), random.new_parameters(), strict=True):
+        assert torch.equal(a, b)  # top-bottom streams and FRRNet keep their random init
+    # each stream owns a copy: fine-tuning one does not move the other
+    w0, w1 = (s.backbone.blocks[0].convs[0].weight for s in loaded.streams)
+    assert w0.data_ptr() != w1.data_ptr()
+
+
+def test_vgg16_mapping_is_pure_and_ignores_the_classifier(vgg16_file) -> None:
+    _, state = vgg16_file
+    before = {k: v.clone() for k, v in state.items()}
+    mapped = vgg16_to_btbnet(state, num_streams=3)
+    assert state.keys() == before.keys()
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    assert len(mapped) == 3 * 13 * 2
+    assert not any("classifier" in k for k in mapped)
+    assert mapped["streams.2.backbone.blocks.3.convs.1.weight"] is state["features.19.weight"]
+
+
+def test_vgg16_mapping_names_a_missing_key(vgg16_file) -> None:
+    _, state = vgg16_file
+    partial = {k: v for k, v in state.items() if k != "features.17.bias"}
+    with pytest.raises(KeyError, match=r"features\.17\.bias"):
+        vgg16_to_btbnet(partial, num_streams=1)
+
+
+def test_imagenet_weights_need_full_width(vgg16_file) -> None:
+    path, _ = vgg16_file
+    with pytest.raises(ValueError, match="width"):
+        build_model(BTBNetConfig(width=0.5, scales=(1,)), vgg16_weights=path)
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "vgg16.pth"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        build_model(BTBNetConfig(width=1.0, scales=(1,)), vgg16_weights=path)
+
+
+@pytest.mark.parametrize("content", [b"this is not a torch file", b""])
+def test_corrupt_weights_file_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "vgg16.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_vgg16_state_dict(path)
+
+
+def test_weights_file_that_is_not_a_state_dict_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(3)], path)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_vgg16_state_dict(path)
+
+
+def test_unreachable_url_says_what_to_download_and_where(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = "http://127.0.0.1:9/vgg16.pth"  # discard port: nothing listens
+    with pytest.raises(RuntimeError) as err:
+        load_vgg16_state_dict(url)
+    message = str(err.value)
+    assert url in message
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg16.pth") in message
+    assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []  # no partial download left
+
+
+def test_file_url_goes_through_the_hub_cache(vgg16_file, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, state = vgg16_file
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    model = build_model(BTBNetConfig(width=1.0, scales=(1,), rrnet_steps=0), vgg16_weights=path.as_uri())
+    assert_backbones_equal(model, state)
+    assert (tmp_path / "hub" / "checkpoints" / path.name).is_file()
+
+
+# --- parameter and MAC counts (btbnet.summary) -----------------------------------------------
+
+
+def test_macs_of_single_layers() -> None:
+    assert count_macs(nn.Conv2d(3, 4, 3, padding=1), 5) == 5 * 5 * 4 * 3 * 9
+    assert count_macs(nn.Conv2d(3, 4, 3), (5, 7)) == 3 * 5 * 4 * 3 * 9  # valid conv: 3×5 outputs
+    assert count_macs(nn.Conv2d(3, 6, 1, groups=3), 4) == 4 * 4 * 6 * 1
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 10))
+    assert count_macs(net, 5) == 5 * 5 * 4 * 3 * 9 + 10 * 100
+
+
+def test_macs_fall_back_to_a_real_pass_when_meta_cannot_run() -> None:
+    class ReadsData(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.conv(x).sum().item() > 1e9:  # .item() has no meaning on the meta device
+                return x
+            return self.conv(x)
+
+    assert count_macs(ReadsData(), 4) == 2 * (4 * 4 * 2 * 3)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_counting_leaves_the_model_as_it_was(training: bool) -> None:
+    model = tiny().train(training)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    count_macs(model, 16)
+    assert all(m.training == training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert v.device.type == "cpu"
+        assert torch.equal(v, before[k]), k
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_parameters_are_counted_exactly() -> None:
+    model = tiny(scales=(1.0, 0.8, 0.6))
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(nn.Conv2d(3, 4, 3)) == 3 * 4 * 9 + 4
+
+
+def conv_chain_macs(area: int, channels: list[int]) -> int:
+    return sum(area * a * b * 9 for a, b in zip(channels, channels[1:]))
+
+
+def hand_macs(variant: str, width: float, size: tuple[int, int], stream_sizes, rrnet_steps: int) -> int:
+    """MACs of Figure 3 counted by hand: streams (Figure 4) at their own sizes, FNet, RRNet."""
+    ch = lambda c: max(1, round(c * width))  # noqa: E731
+    total = 0
+    for h, w in stream_sizes:
+        if variant == "paper":  # every block at the stream's input size
+            areas = [h * w] * 5
+        else:  # pooling before blocks 2…5, ceil mode
+            areas = [math.ceil(h / 2**b) * math.ceil(w / 2**b) for b in range(5)]
+        c_in = 3
+        for b, block in enumerate(VGG16_CONVS):
+            total += conv_chain_macs(areas[b], [c_in] + [ch(c) for c in block])
+            c_in = ch(block[-1])
+        c_top = ch(512)
+        for k, c in enumerate(TOP_BOTTOM):  # FFIC k: top conv at block 5-k, lateral at block 4-k
+            c_out = ch(c) if c > 1 else 1
+            total += areas[4 - k] * c_top * c_out * 9
+            total += areas[3 - k] * ch(VGG16_CONVS[3 - k][-1]) * c_out * 9
+            c_top = c_out
+    frr = [ch(c) for c in FRRNET[:-1]] + [1]
+    area = size[0] * size[1]
+    total += conv_chain_macs(area, [len(stream_sizes) + 3] + frr)
+    total += rrnet_steps * conv_chain_macs(area, [4] + frr)
+    return total
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_macs_match_the_hand_count(variant: str) -> None:
+    config = BTBNetConfig(variant=variant, width=0.125, scales=(1, 0.8, 0.6), rrnet_steps=2)
+    torch.manual_seed(0)
+    model = build_model(config)
+    expected = hand_macs(variant, 0.125, (20, 30), [(20, 30), (16, 24), (12, 18)], rrnet_steps=2)
+    assert count_macs(model, (20, 30)) == expected
+
+
+def test_paper_macs_scale_with_streams_and_width_squared() -> None:
+    def macs(width: float, scales: tuple[float, ...]) -> int:
+        with torch.device("meta"):  # no weights allocated, no arithmetic
+            model = build_model(BTBNetConfig(width=width, scales=scales, rrnet_steps=0))
+        return count_macs(model, 40)
+
+    one, two = macs(0.25, (1,)), macs(0.25, (1, 1))
+    assert 1.95 < two / one <= 2.0  # the second stream doubles all but FNet
+    assert 3.8 < macs(0.5, (1,)) / one < 4.0  # the RGB input and 1-channel outputs grow linearly
+
+
+def test_summary_of_the_papers_model() -> None:
+    summary = summarize(BTBNetConfig(), 320)
+    tb = sum(2 * (c_in * c_out * 9 + c_out) for c_in, c_out in [(512, 256), (256, 128), (128, 64), (64, 1)])
+    fnet = conv_chain_macs(1, [6, 64, 128, 64, 1]) + 64 + 128 + 64 + 1
+    rrnet = conv_chain_macs(1, [4, 64, 128, 64, 1]) + 64 + 128 + 64 + 1
+    sizes = [(320, 320), (256, 256), (192, 192)]
+    assert summary == {
+        "variant": "paper",
+        "width": 1.0,
+        "scales": [1.0, 0.8, 0.6],
+        "rrnet_steps": 3,
+        "size": 320,
+        "params": 3 * (VGG16_FEATURES_PARAMS + tb) + fnet + rrnet,
+        "gmacs": round(hand_macs("paper", 1.0, (320, 320), sizes, 3) / 1e9, 3),
+    }
+    assert summarize(BTBNetConfig(variant="fast"), 320)["gmacs"] < summary["gmacs"] / 10

@@ -1,0 +1,186 @@
+"""Optimiser recipe (section 4.1) and the training loop: groups, overfitting, errors."""
+
+import pytest
+import torch
+
+from btbnet import BTBNetConfig, ConfigError, build_model
+from btbnet.train import OptimConfig, evaluate_loss, make_optimizer, train_epoch, train_step
+
+TINY = BTBNetConfig(variant="fast", width=0.0625, scales=(1,), rrnet_steps=1)
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(TINY)
+
+
+def focus_batch(n: int = 4, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic defocus: sharp noise on the in-focus half (mask 1), flat colour on the other.
+
+    Even samples are in focus on the left, odd ones on the right.
+    images [n, 3, size, size] in [0, 1], masks [n, 1, size, size].
+    """
+    g = torch.Generator().manual_seed(1)
+    images, masks = torch.empty(n, 3, size, size), torch.zeros(n, 1, size, size)
+    for i in range(n):
+        half = slice(0, size // 2) if i % 2 == 0 else slice(size // 2, size)
+        masks[i, 0, :, half] = 1
+        sharp = torch.rand(3, size, size, generator=g)
+        smooth = (0.45 + 0.1 * torch.rand(3, 1, 1, generator=g)).expand(3, size, size)
+        images[i] = torch.where(masks[i].bool(), sharp, smooth)
+    return images, masks
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = OptimConfig()
+    assert (cfg.lr_backbone, cfg.lr_new, cfg.momentum, cfg.weight_decay) == (1e-4, 1e-3, 0.9, 5e-4)
+    assert cfg.aux_weight == 1.0 and cfg.loss_reduction == "mean"
+
+
+def test_optimizer_has_two_named_groups_covering_every_parameter_once():
+    model = build_model(BTBNetConfig(width=0.0625, scales=(1.0, 0.5), rrnet_steps=2))
+    opt = make_optimizer(model, OptimConfig())
+    assert isinstance(opt, torch.optim.SGD)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert list(groups) == ["backbone", "new"]
+    assert groups["backbone"]["lr"] == 1e-4 and groups["new"]["lr"] == 1e-3
+    for g in opt.param_groups:
+        assert g["momentum"] == 0.9 and g["weight_decay"] == 5e-4
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(ids) == len(set(ids))  # no parameter twice
+    assert set(ids) == {id(p) for p in model.parameters()}  # none forgotten
+    backbone = {id(p) for s in model.streams for p in s.backbone.parameters()}
+    assert {id(p) for p in groups["backbone"]["params"]} == backbone
+    assert {id(p) for p in model.fnet.parameters()} <= {id(p) for p in groups["new"]["params"]}
+
+
+def test_optimizer_unwraps_a_ddp_like_wrapper():
+    class Wrapper(torch.nn.Module):  # DistributedDataParallel exposes the model as .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = tiny_model()
+    opt = make_optimizer(Wrapper(model), OptimConfig(lr_backbone=0.5))
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"lr_backbone": -1e-4}, "lr_backbone"),
+        ({"lr_new": float("nan")}, "lr_new"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"weight_decay": -1}, "weight_decay"),
+        ({"aux_weight": -0.5}, "aux_weight"),
+        ({"aux_weight": [1.0, "x"]}, "aux_weight"),
+        ({"loss_reduction": "max"}, "loss_reduction"),
+    ],
+)
+def test_invalid_settings_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        OptimConfig(**kwargs)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = OptimConfig(lr_new=0.01, aux_weight=[1.0, 0.5, 0.25], loss_reduction="sum")
+    assert cfg.aux_weight == (1.0, 0.5, 0.25)
+    assert OptimConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="^lr:"):
+        OptimConfig.from_dict({"lr": 0.1})
+
+
+@pytest.fixture()
+def one_thread():
+    """16-px tensors gain nothing from intra-op threads, and lose much on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_model_overfits_a_synthetic_batch(one_thread):
+    model = tiny_model()
+    cfg = OptimConfig(lr_backbone=3e-2, lr_new=3e-2)
+    opt = make_optimizer(model, cfg)
+    images, masks = focus_batch()
+    first = train_step(model, images, masks, opt, cfg)
+    assert set(first) == {"main", "aux_0", "total"}
+    assert first["total"] == pytest.approx(first["main"] + first["aux_0"])
+    losses = [first["total"]]
+    for step in range(1, 120):
+        losses.append(train_step(model, images, masks, opt, cfg, step=step)["total"])
+        if losses[-1] <= 0.1 * losses[0]:
+            break
+    assert losses[-1] <= 0.1 * losses[0], f"loss went {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
+    # the learnt map separates the halves
+    with torch.no_grad():
+        prob = torch.sigmoid(model(images).final)
+    assert ((prob > 0.5).float() == masks).float().mean() > 0.95
+
+
+def test_train_epoch_calls_on_step_and_averages_terms():
+    model = tiny_model()
+    cfg = OptimConfig()
+    opt = make_optimizer(model, cfg)
+    images, masks = focus_batch(n=4)
+    loader = [(images[:2], masks[:2]), {"image": images[2:], "mask": masks[2:]}, (images, masks)]
+    seen = []
+    means = train_epoch(model, loader, opt, cfg, on_step=lambda i, t: seen.append((i, t)), max_steps=2)
+    assert [i for i, _ in seen] == [0, 1]  # max_steps stops before the third batch
+    assert set(means) == {"main", "aux_0", "total"}
+    for key in means:
+        assert means[key] == pytest.approx((seen[0][1][key] + seen[1][1][key]) / 2)
+
+
+def test_steps_change_the_weights_and_evaluate_loss_does_not():
+    model = tiny_model()
+    cfg = OptimConfig(lr_backbone=1e-2, lr_new=1e-2)
+    opt = make_optimizer(model, cfg)
+    images, masks = focus_batch(n=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    val = evaluate_loss(model, [(images, masks)], cfg)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training  # mode restored
+    terms = train_step(model, images, masks, opt, cfg)
+    assert val == pytest.approx(terms["total"], rel=1e-5)  # same weights, same batch
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert evaluate_loss(model, [(images, masks)], cfg) < val
+
+
+def test_evaluate_loss_weights_batches_by_size():
+    model = tiny_model()
+    cfg = OptimConfig()
+    images, masks = focus_batch(n=3)
+    whole = evaluate_loss(model, [(images, masks)], cfg)
+    split = evaluate_loss(model, [(images[:1], masks[:1]), (images[1:], masks[1:])], cfg)
+    assert split == pytest.approx(whole, rel=1e-5)
+
+
+def test_nan_input_raises_with_the_step_index():
+    model = tiny_model()
+    cfg = OptimConfig()
+    opt = make_optimizer(model, cfg)
+    images, masks = focus_batch(n=2)
+    bad = images.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="step 1"):
+        train_epoch(model, [(images, masks), (bad, masks)], opt, cfg)
+    opt.zero_grad()
+    with pytest.raises(FloatingPointError, match="step 1"):  # the failed step left the weights alone
+        train_step(model, bad, masks, opt, cfg, step=1)
+    with pytest.raises(FloatingPointError):
+        evaluate_loss(model, [(bad, masks)], cfg)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # step 0 did update
+
+
+def test_empty_loader_is_an_error():
+    model = tiny_model()
+    cfg = OptimConfig()
+    with pytest.raises(ValueError, match="loader"):
+        train_epoch(model, [], make_optimizer(model, cfg), cfg)
+    with pytest.raises(ValueError, match="loader"):
+        evaluate_loss(model, [], cfg)
