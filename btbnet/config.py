@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 VARIANTS = ("paper", "fast")
 
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the key."""
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], d: Mapping[str, Any], what: str) -> T:
+    """Dataclass `cls` from a mapping; an unknown key raises ConfigError naming it."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown {what} (known: {sorted(known)})")
+    return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -49,12 +61,8 @@ class BTBNetConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BTBNetConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown model setting (known: {sorted(known)})")
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> "BTBNetConfig":
+        return from_mapping(cls, d, "model setting")
 
     def channels(self, c: int) -> int:
         """Channel count `c` of the paper scaled by `width` (at least 1)."""

@@ -36,6 +36,8 @@ FRRNET_CHANNELS: tuple[int, ...] = (64, 128, 64, 1)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+HEAD_INIT_STD = 1e-3
+
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 
@@ -224,11 +226,15 @@ def init_weights(model: nn.Module) -> None:
     The paper initialises the top-bottom stream and FRRNet "with random values" (section
     3.3); He et al.'s scheme keeps activations' variance through the ReLU stacks, which
     matters here since the no-pooling backbone is 13 layers deep before the first skip.
+    The 1-channel logit convs (last FFIC step, last FNet/RRNet conv) instead start small
+    (std HEAD_INIT_STD), so every map starts near p = 0.5 and the first updates are stable.
     """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             nn.init.zeros_(m.bias)
+            if m.out_channels == 1:  # a logit head: start near 0 (p = 0.5), as HED's score layers
+                nn.init.normal_(m.weight, std=HEAD_INIT_STD)
 
 
 def build_model(config: BTBNetConfig | None = None, vgg16_weights: str | Path | None = None) -> MultiStreamBTBNet:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .checkpoint import unwrap
-from .config import ConfigError
+from .config import ConfigError, from_mapping
 from .losses import REDUCTIONS, loss_terms
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
@@ -71,11 +71,7 @@ class OptimConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "OptimConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown optimiser setting (known: {sorted(known)})")
-        return cls(**d)
+        return from_mapping(cls, d, "optimiser setting")
 
 
 def _check_number(key: str, value: Any, low: float, high: float | None = None) -> None:

@@ -84,8 +84,9 @@ def run() -> None:
                 if rows:
                     Image.fromarray(image_grid(rows)).save(figures_dir / f"examples_{name}.png")
         stage.write_json(resolve(e.metrics), report)
-        for path in (resolve(e.metrics), resolve(e.plots_dir), resolve(e.figures_dir)):
-            (mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact)(str(path))
+        mlflow.log_artifact(str(resolve(e.metrics)))
+        for folder in (resolve(e.plots_dir), resolve(e.figures_dir)):
+            mlflow.log_artifacts(str(folder), artifact_path=folder.name)
     for name, r in report.items():
         print(
             f"evaluate {name}: F {r['f_measure']:.3f}  MAE {r['mae']:.3f}  max-F {r['f_max']:.3f}  "

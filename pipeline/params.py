@@ -11,7 +11,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,10 @@ def _validate(p: Params) -> None:
             raise ParamsError(f"{stage}.image_size: null (native sizes) needs batch_size 1 per worker")
         if t.image_size is not None and t.image_size < 8:
             raise ParamsError(f"{stage}.image_size: must be >= 8 or null, got {t.image_size}")
+        if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+            raise ParamsError(f"{stage}.max_steps_per_epoch: must be >= 1 or null, got {t.max_steps_per_epoch}")
+        if t.loader_workers < 0:
+            raise ParamsError(f"{stage}.loader_workers: must be >= 0, got {t.loader_workers}")
         if t.cpus_per_worker <= 0:
             raise ParamsError(f"{stage}.cpus_per_worker: must be > 0, got {t.cpus_per_worker}")
         if t.polarity not in POLARITIES:
@@ -229,6 +233,8 @@ def _validate(p: Params) -> None:
             raise ParamsError(f"evaluate.test_sets[{i}].polarity: must be one of {POLARITIES}, got {t.polarity!r}")
         if names.count(t.name) > 1:
             raise ParamsError(f"evaluate.test_sets[{i}].name: {t.name!r} is used twice")
+    if p.evaluate.max_size is not None and p.evaluate.max_size < 8:
+        raise ParamsError(f"evaluate.max_size: must be >= 8 or null, got {p.evaluate.max_size}")
     if p.evaluate.examples < 0:
         raise ParamsError(f"evaluate.examples: must be >= 0, got {p.evaluate.examples}")
 

@@ -70,7 +70,7 @@ def init_ray() -> None:
         if var in os.environ:
             env[var] = os.environ[var]
     ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
+        address=os.environ.get("RAY_ADDRESS") or "local",  # None would join any `ray start` cluster here
         runtime_env={"env_vars": env},
         log_to_driver=True,
         logging_level="WARNING",

@@ -87,23 +87,32 @@ class MetricLogger:
 
 
 def log_model(checkpoint: Path, example_size: int) -> None:
-    """Log a checkpoint's model (probability maps out) with its signature and input example."""
+    """Log a checkpoint's model (probability maps out) with its signature and input example.
+
+    The network is fully convolutional, so the signature takes any batch and any H × W. It is
+    pickled: torch.export ("pt2", MLflow's default) fixes H × W at the example's size, since
+    it cannot keep them symbolic through the streams' `round(H * scale)` resizes.
+    """
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     import btbnet
     from btbnet.model import FocusMap
 
     model = FocusMap(btbnet.load_checkpoint(checkpoint)).eval()
     example = np.random.default_rng(0).random((1, 3, example_size, example_size), dtype=np.float32)
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),  # RGB [B, 3, H, W] in [0, 1]
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),  # in-focus probability
+    )
     mlflow.pytorch.log_model(
         model,
         name="model",
         input_example=example,
-        signature=infer_signature(example, output),
+        signature=signature,
+        serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
         code_paths=[str(REPO_ROOT / "btbnet")],
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
 from btbnet.checkpoint import unwrap
 
 CONFIG = BTBNetConfig(variant="fast", width=0.0625, scales=(1.0, 0.8), rrnet_steps=2)
-
-
-@pytest.fixture(autouse=True)
-def tiny_model_cpu_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny convs run fastest on one thread with native kernels (see tests/test_model.py)."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

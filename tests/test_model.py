@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,6 @@ VGG16_CONVS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512
 TOP_BOTTOM = [256, 128, 64, 1]
 FRRNET = [64, 128, 64, 1]
 VGG16_FEATURES_PARAMS = 14_714_688  # torchvision vgg16().features, a well-known figure
-
-
-@pytest.fixture(autouse=True)
-def tiny_model_cpu_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tiny convs run fastest on one thread with native kernels: no thread hand-offs (costly on a
-    busy machine) and no oneDNN kernel build per conv shape."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(variant: str = "paper", scales=(1.0, 0.8), rrnet_steps: int = 1, seed: int = 0) -> nn.Module:
