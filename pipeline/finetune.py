@@ -6,6 +6,8 @@ The architecture comes with the pre-trained checkpoint; the data set is `finetun
 
 from __future__ import annotations
 
+import btbnet
+
 from . import stage
 from .params import as_dict, load_params, resolve
 from .training import train_stage
@@ -14,13 +16,15 @@ from .training import train_stage
 def run() -> None:
     params = load_params()
     t = params.finetune
+    init = resolve(params.pretrain.model)
+    config = btbnet.load_checkpoint(init).config  # readable before any worker starts
     train_stage(
         "finetune",
         t,
         data=resolve(t.data),
         polarity=t.polarity,
-        logged_params={"model": params.model_config().to_dict(), "finetune": as_dict(t)},
-        init_checkpoint=resolve(params.pretrain.model),
+        logged_params={"model": config.to_dict(), "finetune": as_dict(t)},
+        init_checkpoint=init,
     )
 
 

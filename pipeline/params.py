@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -231,10 +232,12 @@ def _validate(p: Params) -> None:
     for i, t in enumerate(p.evaluate.test_sets):
         if t.polarity not in POLARITIES:
             raise ParamsError(f"evaluate.test_sets[{i}].polarity: must be one of {POLARITIES}, got {t.polarity!r}")
-        if names.count(t.name) > 1:
-            raise ParamsError(f"evaluate.test_sets[{i}].name: {t.name!r} is used twice")
+        if t.name in names[:i]:
+            raise ParamsError(f"evaluate.test_sets[{i}].name: {t.name!r} is already used by test_sets[{names.index(t.name)}]")
     if p.evaluate.max_size is not None and p.evaluate.max_size < 8:
         raise ParamsError(f"evaluate.max_size: must be >= 8 or null, got {p.evaluate.max_size}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", p.evaluate.device):
+        raise ParamsError(f"evaluate.device: must be auto, cpu, cuda or cuda:N, got {p.evaluate.device!r}")
     if p.evaluate.examples < 0:
         raise ParamsError(f"evaluate.examples: must be >= 0, got {p.evaluate.examples}")
 

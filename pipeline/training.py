@@ -149,8 +149,6 @@ def train_stage(
     from btbnet.data import PairDataset
 
     dataset = PairDataset(data, polarity=polarity, size=t.image_size, augment=t.augment)  # fails fast, names the file
-    if init_checkpoint is not None:
-        btbnet.load_checkpoint(init_checkpoint)  # readable before any worker starts
     out = resolve(t.model)
     with stage_run(name, logged_params) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})

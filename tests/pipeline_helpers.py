@@ -1,0 +1,126 @@
+"""Shared helpers of the pipeline tests: a temporary git copy of the repo, tiny params, stages.
+
+The stages read `<repo>/params.yaml` and write next to it (outs, mlflow.db, mlruns/), so each
+test that runs one works in its own copy: the tracked and untracked-not-ignored files (what a
+fresh clone plus the work in progress holds) without the pipeline's outputs, committed to a
+fresh git repository so that DVC and the stages' `git rev-parse HEAD` work there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON_DIR = Path(sys.executable).parent
+DVC = PYTHON_DIR / "dvc" if (PYTHON_DIR / "dvc").exists() else Path(shutil.which("dvc") or "dvc")
+
+# Written into the copy's params.yaml: the smallest run that still exercises every code path
+# (two DDP workers, augmentation, all three scales). Independent of the defaults' values.
+TINY_TRAIN = {
+    "epochs": 1,
+    "batch_size": 2,
+    "image_size": 16,
+    "max_steps_per_epoch": 2,
+    "num_workers": 2,
+    "cpus_per_worker": 0.5,
+    "loader_workers": 0,
+    "use_gpu": False,
+}
+TINY_PARAMS: dict[str, Any] = {
+    "model": {"width": 0.0625, "vgg16_weights": None},
+    "pretrain": TINY_TRAIN,
+    "finetune": TINY_TRAIN,
+    "evaluate": {"max_size": 32, "device": "cpu"},
+}
+
+# Variables that would send a stage's output elsewhere than the copy, or make it a DVC experiment.
+_FOREIGN_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "RAY_ADDRESS", "PYTHONPATH")
+
+
+def stage_env() -> dict[str, str]:
+    """The environment of a stage subprocess: this interpreter's `python` first on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV and not k.startswith("DVC_")}
+    env["PATH"] = f"{PYTHON_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "pipeline tests"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@example.invalid"
+    return env
+
+
+def deep_merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `updates` applied key by key (nested mappings merged, anything else replaced)."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_params(repo: Path) -> dict[str, Any]:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def write_params(repo: Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge `updates` into `<repo>/params.yaml`; returns the new content."""
+    params = deep_merge(read_params(repo), updates)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def output_paths(params: dict[str, Any]) -> list[str]:
+    """Every path a stage writes (dvc.yaml's outs, metrics and plots), as in params.yaml."""
+    s, p, f, e = (params[k] for k in ("synthesize", "pretrain", "finetune", "evaluate"))
+    return [s["out_dir"], s["metrics"], p["model"], p["metrics"], f["model"], f["metrics"],
+            e["metrics"], e["plots_dir"], e["figures_dir"]]
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=repo, env=stage_env(), capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def copy_repo(dest: Path, params: dict[str, Any] | None = None) -> Path:
+    """A committed git copy of the repo at `dest`, without pipeline outputs, `params` merged in."""
+    listed = git(REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    outputs = [Path(p) for p in output_paths(read_params(REPO))]
+    for name in filter(None, listed):
+        rel = Path(name)
+        src = REPO / rel
+        if not src.is_file() or any(rel == out or out in rel.parents for out in outputs):
+            continue  # deleted in the work tree, or a stage's output (data/synthetic, models, …)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    if params:
+        write_params(dest, params)
+    git(dest, "init", "--quiet", "--initial-branch=main")
+    git(dest, "add", "--all")
+    git(dest, "commit", "--quiet", "--no-verify", "-m", "pipeline test copy")
+    return dest
+
+
+def run_stage(repo: Path, stage: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline.<stage>` in `repo`, as dvc.yaml's cmd runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}"],
+        cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`dvc <args>` in `repo`; output captured, never raises on a non-zero exit."""
+    return subprocess.run(
+        [str(DVC), *args], cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def describe(done: subprocess.CompletedProcess[str]) -> str:
+    """A failed subprocess for an assertion message: its exit code and output tails."""
+    return f"exit {done.returncode}\n--- stdout ---\n{done.stdout[-4000:]}\n--- stderr ---\n{done.stderr[-4000:]}"

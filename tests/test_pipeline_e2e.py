@@ -1,0 +1,249 @@
+"""The whole DVC pipeline, end to end, in a temporary git copy of the repo with tiny params.
+
+One `dvc repro` (module fixture) feeds the checks of its outputs and MLflow runs; then a second
+`dvc repro` must do nothing, `dvc status` must list exactly the stages a param edit touches,
+and `dvc exp run -S scales=[1,0.8]` must rerun everything but synthesize, logging its MLflow
+runs under the experiment's name. About 8 minutes on 2 busy cores (Ray start-up dominates).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import btbnet
+from btbnet.data import list_images
+from btbnet.synthesis import DIRECTIONS, LEVELS
+from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, dvc, read_params, write_params
+
+pytestmark = pytest.mark.slow
+
+STAGES = ("synthesize", "pretrain", "finetune", "evaluate")
+REPORTED = ("f_measure", "precision", "recall", "mae", "f_max")
+SAMPLES_PER_SOURCE = len(DIRECTIONS) * len(LEVELS)  # 20 (section 4.1)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return copy_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def params(repo) -> dict[str, Any]:
+    return read_params(repo)
+
+
+@pytest.fixture(scope="module")
+def repro(repo) -> subprocess.CompletedProcess[str]:
+    done = dvc(repo, "repro")
+    assert done.returncode == 0, describe(done)
+    return done
+
+
+@pytest.fixture(scope="module")
+def client(repo) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def stage_runs(client: MlflowClient, exp_name: str) -> dict[str, Run]:
+    """The MLflow runs tagged with DVC experiment `exp_name`, by stage; one run per stage."""
+    experiment = client.get_experiment_by_name("btbnet")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{exp_name}'")
+    stages = [r.data.tags["btbnet.stage"] for r in runs]
+    assert len(stages) == len(set(stages)), stages
+    return {r.data.tags["btbnet.stage"]: r for r in runs}
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+# --- dvc repro: every stage, every output -------------------------------------------------
+
+
+def test_repro_runs_every_stage(repro):
+    assert ran(repro.stdout) == set(STAGES)
+
+
+def test_synthetic_set_has_20_samples_per_source(repo, params, repro):
+    s = params["synthesize"]
+    sources = sum(len(list_images(repo / s["source_root"] / folder)) for folder in s["sources"])
+    out = repo / s["out_dir"]
+    images = sorted(p.name for p in (out / "image").iterdir())
+    assert len(images) == SAMPLES_PER_SOURCE * sources
+    assert sorted(p.name for p in (out / "gt").iterdir()) == images
+    assert json.loads((repo / s["metrics"]).read_text())["samples"] == len(images)
+
+
+def test_models_load_with_the_configured_architecture(repo, params, repro):
+    pretrained = btbnet.load_checkpoint(repo / params["pretrain"]["model"])
+    finetuned = btbnet.load_checkpoint(repo / params["finetune"]["model"])
+    for model in (pretrained, finetuned):
+        assert model.config.scales == (1.0, 0.8, 0.6)
+        assert model.config.width == TINY_PARAMS["model"]["width"]
+        assert model.config.rrnet_steps == params["rrnet_steps"]
+    # finetune started from pretrain's weights and trained them further
+    before, after = pretrained.state_dict(), finetuned.state_dict()
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_evaluation_metrics_curves_and_figures(repo, params, repro):
+    e = params["evaluate"]
+    names = [t["name"] for t in e["test_sets"]]
+    report = json.loads((repo / e["metrics"]).read_text())
+    assert sorted(report) == sorted(names)
+    for name in names:
+        for key in REPORTED:
+            assert math.isfinite(report[name][key]) and 0.0 <= report[name][key] <= 1.0, (name, key)
+        with (repo / e["plots_dir"] / f"{name}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert [int(r["threshold"]) for r in rows] == list(range(256))
+        assert all(0.0 <= float(r["precision"]) <= 1.0 and 0.0 <= float(r["recall"]) <= 1.0 for r in rows)
+    figures = repo / e["figures_dir"]
+    pngs = ["pr_curves.png", *(f"examples_{name}.png" for name in names)]
+    assert sorted(p.name for p in figures.iterdir()) == sorted(pngs)
+    for png in pngs:
+        with Image.open(figures / png) as img:
+            assert img.format == "PNG" and min(img.size) > 16
+
+
+def test_mlflow_has_one_run_per_stage_grouped_by_the_pipeline_tag(repo, client, repro):
+    runs = stage_runs(client, "workspace")
+    assert sorted(runs) == sorted(STAGES)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert {r.data.tags["git.commit"] for r in runs.values()} == {commit}
+    assert {r.data.tags["pipeline"] for r in runs.values()} == {f"workspace@{commit[:12]}"}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
+
+
+def test_mlflow_runs_hold_params_and_metrics(client, params, repro):
+    runs = stage_runs(client, "workspace")
+    assert runs["synthesize"].data.params["synthesize.out_dir"] == params["synthesize"]["out_dir"]
+    assert runs["synthesize"].data.metrics["samples"] > 0
+    for stage in ("pretrain", "finetune"):
+        run = runs[stage]
+        assert run.data.params[f"{stage}.epochs"] == "1"
+        assert run.data.params[f"{stage}.batch_size"] == "2"
+        assert json.loads(run.data.params["model.scales"]) == [1.0, 0.8, 0.6]
+        steps = client.get_metric_history(run.info.run_id, "step/total")
+        assert [m.step for m in steps] == [0, 1]  # max_steps_per_epoch 2, one epoch
+        epochs = client.get_metric_history(run.info.run_id, "epoch/total")
+        assert len(epochs) == 1 and math.isfinite(epochs[0].value)
+    evaluate = runs["evaluate"]
+    assert evaluate.data.params["evaluate.examples"] == str(params["evaluate"]["examples"])
+    for name in (t["name"] for t in params["evaluate"]["test_sets"]):
+        for key in REPORTED:
+            assert math.isfinite(evaluate.data.metrics[f"{name}/{key}"])
+
+
+def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, repro):
+    """Each training run logs its checkpoint's model: probability maps, any batch and H × W."""
+    runs = stage_runs(client, "workspace")
+    experiment_id = runs["pretrain"].info.experiment_id
+    models = {m.source_run_id: m for m in client.search_logged_models([experiment_id])}
+    assert set(models) == {runs["pretrain"].info.run_id, runs["finetune"].info.run_id}
+    image = torch.rand(2, 3, 20, 28)  # neither the training size nor square
+    for stage in ("pretrain", "finetune"):
+        logged = models[runs[stage].info.run_id]
+        assert logged.name == "model"
+        model = mlflow.pytorch.load_model(logged.artifact_location)
+        checkpoint = btbnet.load_checkpoint(repo / params[stage]["model"])
+        with torch.no_grad():
+            focus = model(image)  # [2, 1, 20, 28]
+            expected = torch.sigmoid(checkpoint(image).final)
+        torch.testing.assert_close(focus, expected)
+
+
+# --- a second repro, and what a param edit invalidates --------------------------------------
+
+
+def test_repro_again_runs_nothing(repo, client, repro):
+    runs_before = len(client.search_runs([client.get_experiment_by_name("btbnet").experiment_id]))
+    done = dvc(repo, "repro")
+    assert done.returncode == 0, describe(done)
+    assert ran(done.stdout) == set()
+    assert "Data and pipelines are up to date." in done.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in done.stdout
+    assert len(client.search_runs([client.get_experiment_by_name("btbnet").experiment_id])) == runs_before
+
+
+STATUS_CASES = {
+    "evaluate param": ({"evaluate": {"examples": 2}}, {"evaluate"}),
+    "synthesize param": ({"synthesize": {"max_size": 64}}, {"synthesize"}),
+    "model param": ({"model": {"width": 0.125}}, {"pretrain"}),
+    "finetune param": ({"finetune": {"epochs": 2}}, {"finetune"}),
+    "rrnet_steps": ({"rrnet_steps": 1}, {"pretrain", "finetune", "evaluate"}),
+}
+
+
+@pytest.mark.parametrize(("updates", "stages"), STATUS_CASES.values(), ids=STATUS_CASES.keys())
+def test_status_lists_only_the_stages_that_declare_the_changed_param(repo, repro, updates, stages):
+    """Downstream stages rerun through their deps on the changed outs, not through params."""
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
+    try:
+        write_params(repo, updates)
+        done = dvc(repo, "status", "--json")
+        assert done.returncode == 0, describe(done)
+        status = json.loads(done.stdout)
+    finally:
+        params_file.write_text(original)
+    assert set(status) == stages
+    for stage in stages:
+        assert any("params.yaml" in entry.get("changed deps", {}) for entry in status[stage]), status[stage]
+
+
+# --- dvc exp run: an ablation of Table 2 --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def experiment(repo, repro) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`dvc exp run -S scales=[1,0.8]` after the repro; (its process, the experiment's name)."""
+    done = dvc(repo, "exp", "run", "-S", "scales=[1,0.8]")
+    assert done.returncode == 0, describe(done)
+    names = re.findall(r"Reproducing experiment '([^']+)'", done.stdout)
+    assert len(names) == 1, done.stdout[-3000:]
+    return done, names[0]
+
+
+def test_experiment_reruns_all_but_synthesize(experiment):
+    done, _ = experiment
+    assert ran(done.stdout) == {"pretrain", "finetune", "evaluate"}
+    assert "Stage 'synthesize' didn't change, skipping" in done.stdout
+
+
+def test_experiment_models_have_two_scales(repo, params, experiment):
+    for key in ("pretrain", "finetune"):
+        model = btbnet.load_checkpoint(repo / params[key]["model"])  # the experiment's, applied to the workspace
+        assert model.config.scales == (1.0, 0.8) and len(model.streams) == 2
+    report = json.loads((repo / params["evaluate"]["metrics"]).read_text())
+    assert all(math.isfinite(r["f_measure"]) for r in report.values())
+
+
+def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):
+    _, name = experiment
+    assert name != "workspace"
+    runs = stage_runs(client, name)
+    assert sorted(runs) == ["evaluate", "finetune", "pretrain"]
+    pipeline_tags = {r.data.tags["pipeline"] for r in runs.values()}
+    assert len(pipeline_tags) == 1 and pipeline_tags.pop().startswith(f"{name}@")
+    assert json.loads(runs["pretrain"].data.params["model.scales"]) == [1.0, 0.8]
+    assert json.loads(runs["evaluate"].data.params["model.scales"]) == [1.0, 0.8]
+    # the first repro's runs keep their own group
+    assert sorted(stage_runs(client, "workspace")) == sorted(STAGES)

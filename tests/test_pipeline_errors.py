@@ -1,0 +1,98 @@
+"""Bad input to the stages: each ends with `<stage>: error: <what>` naming the culprit, exit 2,
+and leaves no output behind (DVC caches outs by content, so a partial one must never survive).
+
+One subprocess per case, in a temporary git copy of the repo with tiny params. All but the
+corrupt image fail before Ray starts; the corrupt image is only decoded inside Ray Data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import btbnet
+from btbnet import BTBNetConfig
+from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, run_stage, write_params
+
+SOURCES = Path("data/embedded/sources")
+FINETUNE_DATA = Path("data/embedded/defocus/train")
+
+
+@pytest.fixture()
+def repo(tmp_path) -> Path:
+    return copy_repo(tmp_path / "repo", TINY_PARAMS)
+
+
+def error_line(stderr: str, stage: str) -> str:
+    """The one `<stage>: error: …` line of a stage's stderr."""
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{stage}: error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def assert_no_synthetic_output(repo: Path) -> None:
+    assert not (repo / "data" / "synthetic").exists()
+    assert not (repo / "metrics" / "synthesize.json").exists()
+    assert list((repo / "data").glob(".synthetic.*")) == []  # staging folders of stage.staged()
+
+
+def test_synthesize_source_folder_without_images(repo):
+    scans = repo / SOURCES / "scans"
+    scans.mkdir()
+    (scans / "README.txt").write_text("the scans go here\n")
+    write_params(repo, {"synthesize": {"sources": [".", "scans"]}})
+
+    done = run_stage(repo, "synthesize")
+    assert done.returncode == 2, describe(done)
+    assert error_line(done.stderr, "synthesize").startswith(f"synthesize: error: {scans}: folder has no images")
+    assert_no_synthetic_output(repo)
+
+
+@pytest.mark.slow  # the image is decoded inside Ray Data: pays Ray's start-up
+def test_synthesize_corrupt_source_image(repo):
+    corrupt = repo / SOURCES / "source_005.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:300])  # a truncated PNG
+
+    done = run_stage(repo, "synthesize")
+    assert done.returncode == 2, describe(done)
+    line = error_line(done.stderr, "synthesize")
+    assert line.startswith(f"synthesize: error: {corrupt}: cannot read image")
+    assert_no_synthetic_output(repo)
+
+    # Its MLflow run is marked failed, not left looking like a finished synthesis.
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("synthesize", "FAILED")]
+
+
+def test_finetune_image_without_mask(repo):
+    # A valid pre-trained model, so that the missing mask is the only problem.
+    btbnet.save_checkpoint(btbnet.build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+    orphan = repo / FINETUNE_DATA / "image" / "defocus_0003.png"
+    (repo / FINETUNE_DATA / "gt" / "defocus_0003.png").unlink()
+
+    done = run_stage(repo, "finetune")
+    assert done.returncode == 2, describe(done)
+    line = error_line(done.stderr, "finetune")
+    assert line.startswith(f"finetune: error: {orphan}: no mask with stem 'defocus_0003'")
+    assert not (repo / "models" / "finetune.pt").exists()
+    assert not (repo / "metrics" / "finetune.json").exists()
+
+
+INVALID_MODEL_PARAMS = {
+    "empty scales": ({"scales": []}, "scales: must list at least one scale"),
+    "zero scale": ({"scales": [1, 0.8, 0]}, "scales: every scale must be > 0"),
+    "negative rrnet_steps": ({"rrnet_steps": -1}, "rrnet_steps: must be an integer >= 0"),
+}
+
+
+@pytest.mark.parametrize(("updates", "message"), INVALID_MODEL_PARAMS.values(), ids=INVALID_MODEL_PARAMS.keys())
+def test_pretrain_invalid_model_params(repo, updates, message):
+    write_params(repo, updates)
+    done = run_stage(repo, "pretrain")
+    assert done.returncode == 2, describe(done)
+    assert error_line(done.stderr, "pretrain").startswith(f"pretrain: error: {message}")
+    assert not (repo / "models" / "pretrain.pt").exists()
+    assert not (repo / "mlflow.db").exists()  # rejected before any MLflow run or Ray start
