@@ -1,0 +1,334 @@
+"""infra/: the Ray cluster config and the paper-scale overrides, checked without a cloud.
+
+Nothing here launches machines. The cluster config goes through Ray's own config preparation
+and schema check (what `ray up` runs before it calls AWS); its shell snippets that write the
+node environment are run in a temporary HOME. The paper-scale overrides are checked against
+the pipeline's params validation and against DVC's own `-S` parser.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.params import load_params
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLUSTER_FILE = REPO_ROOT / "infra" / "cluster.yaml"
+PAPER_FILE = REPO_ROOT / "infra" / "paper.yaml"
+PARAMS_FILE = REPO_ROOT / "params.yaml"
+REPO_ON_NODES = "/home/ubuntu/btbnet"
+ENV_FILE = "~/.btbnet_env"
+
+# vCPUs and GPUs of the AWS instance types the GPU worker may use (AWS's published shapes).
+GPU_INSTANCES = {
+    "g5.2xlarge": (8, 1), "g6e.xlarge": (4, 1), "g6e.2xlarge": (8, 1), "g6e.4xlarge": (16, 1), "p4d.24xlarge": (96, 8),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def load_paper_scale() -> ModuleType:
+    """infra/paper_scale.py as a module (infra/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("paper_scale", REPO_ROOT / "infra" / "paper_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+paper_scale = load_paper_scale()
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in; nested mappings merge, anything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}: every leaf of a nested mapping by its dotted key."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def prepared(cluster: dict[str, Any]) -> dict[str, Any]:
+    """The config as `ray up` sees it: defaults filled in, setup commands merged per node type."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(copy.deepcopy(cluster))
+    validate_config(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def paper() -> dict[str, Any]:
+    return yaml.safe_load(PAPER_FILE.read_text())
+
+
+def head_commands(config: dict[str, Any]) -> list[str]:
+    return config["head_setup_commands"]
+
+
+def worker_commands(config: dict[str, Any]) -> list[str]:
+    node_type = config["available_node_types"]["gpu_worker"]
+    return node_type.get("worker_setup_commands", config["worker_setup_commands"])
+
+
+def run_env_commands(commands: list[str], home: Path, fake_bin: Path) -> dict[str, str]:
+    """Run the commands that write ~/.btbnet_env in `home`, then source it: the node's environment."""
+    env = {"HOME": str(home), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    for command in commands:
+        if ENV_FILE in command:
+            subprocess.run(["bash", "-c", command], env=env, check=True)
+    out = subprocess.run(
+        ["bash", "-c", "source ~/.btbnet_env && env -0"], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path) -> Path:
+    """A `hostname` that answers `-I` like an EC2 node: private IPv4 first."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "hostname"
+    script.write_text('#!/bin/sh\n[ "$1" = "-I" ] && echo "10.1.2.3 fd00::7 " || echo node\n')
+    script.chmod(0o755)
+    return folder
+
+
+# ---------------------------------------------------------------------------- cluster.yaml
+
+
+def test_cluster_config_passes_rays_own_preparation_and_schema(prepared: dict[str, Any]) -> None:
+    assert prepared["provider"]["type"] == "aws"
+    assert prepared["head_node_type"] == "head"
+    assert set(prepared["available_node_types"]) == {"head", "gpu_worker"}
+
+
+def test_cpu_head_and_up_to_eight_single_gpu_workers(cluster: dict[str, Any]) -> None:
+    head = cluster["available_node_types"]["head"]
+    worker = cluster["available_node_types"]["gpu_worker"]
+    assert head["resources"]["GPU"] == 0
+    assert (worker["min_workers"], worker["max_workers"], cluster["max_workers"]) == (0, 8, 8)
+    instance = worker["node_config"]["InstanceType"]
+    assert instance in GPU_INSTANCES, f"{instance}: not a known GPU instance type"
+    cpus, gpus = GPU_INSTANCES[instance]
+    assert (worker["resources"]["CPU"], worker["resources"]["GPU"]) == (cpus, gpus)
+
+
+def test_every_node_type_installs_python_311_torch_and_the_project(prepared: dict[str, Any]) -> None:
+    for name, commands in (("head", head_commands(prepared)), ("gpu_worker", worker_commands(prepared))):
+        text = "\n".join(commands)
+        assert "--python 3.11" in text, name
+        install = [c for c in commands if "pip install -e '.[pipeline]'" in c]
+        assert len(install) == 1, f"{name}: expected one project install, got {install}"
+        command = install[0]
+        assert command.startswith(f"cd {REPO_ON_NODES} && "), command
+        assert command.index("torch==2.13.0") < command.index("pip install -e"), "torch first: the pinned build"
+
+
+def test_repo_is_at_the_same_path_on_every_node(cluster: dict[str, Any], prepared: dict[str, Any]) -> None:
+    assert cluster["file_mounts"][REPO_ON_NODES] == "."
+    every_command = "\n".join(
+        head_commands(prepared) + worker_commands(prepared) + cluster["head_start_ray_commands"]
+    )
+    repo_paths = set(re.findall(r"/home/ubuntu/[\w.-]+", every_command))
+    assert repo_paths == {REPO_ON_NODES}
+    # The head exports the repo over NFS, every worker mounts it at that same path.
+    export = next(c for c in head_commands(prepared) if "/etc/exports.d/" in c)
+    assert f"'{REPO_ON_NODES} " in export and "exportfs -ra" in export
+    mount = next(c for c in worker_commands(prepared) if "mount -t nfs4" in c)
+    assert mount.split()[-2:] == [f"$RAY_HEAD_IP:{REPO_ON_NODES}", REPO_ON_NODES]
+    assert f"mountpoint -q {REPO_ON_NODES} ||" in mount  # rerunning setup does not stack mounts
+
+
+def test_data_and_run_state_are_not_pushed_by_ray_up(cluster: dict[str, Any], paper: dict[str, Any]) -> None:
+    excluded = set(cluster["rsync_exclude"])
+    for path in ("/data/external/", "/data/synthetic/", "/models/", "/.dvc/cache/", "/.ray_runs/", "/mlruns/"):
+        assert path in excluded
+    # every data folder of the paper-scale run lives under the excluded data/external/
+    for key in ("synthesize.source_root", "finetune.data", "evaluate.data_root"):
+        assert leaves(paper)[key].startswith("data/external"), key
+
+
+def test_token_auth_everywhere_and_the_token_at_its_default_path(
+    cluster: dict[str, Any], prepared: dict[str, Any], tmp_path: Path, fake_bin: Path
+) -> None:
+    home = f"/home/{cluster['auth']['ssh_user']}"
+    assert cluster["file_mounts"][f"{home}/.ray/auth_token"] == "~/.ray/auth_token"
+    for name, commands in (("head", head_commands(prepared)), ("gpu_worker", worker_commands(prepared))):
+        (tmp_path / name).mkdir()
+        env = run_env_commands(commands, tmp_path / name, fake_bin)
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["PATH"].startswith(f"{tmp_path / name}/venv/bin:"), name
+
+
+def test_head_clients_connect_to_the_cluster_and_log_to_its_mlflow_server(
+    prepared: dict[str, Any], tmp_path: Path, fake_bin: Path
+) -> None:
+    head = run_env_commands(head_commands(prepared), tmp_path, fake_bin)
+    assert head["RAY_ADDRESS"] == "auto"
+    assert head["MLFLOW_TRACKING_URI"] == "http://10.1.2.3:5000"  # the head's private IP: workers log there
+    (tmp_path / "worker").mkdir()
+    worker = run_env_commands(worker_commands(prepared), tmp_path / "worker", fake_bin)
+    assert "RAY_ADDRESS" not in worker and "MLFLOW_TRACKING_URI" not in worker
+
+
+def test_head_starts_ray_without_the_client_address_and_one_mlflow_server(cluster: dict[str, Any]) -> None:
+    start = " ".join(cluster["head_start_ray_commands"])
+    assert "env -u RAY_ADDRESS ray start --head --port=6379" in start
+    server = next(c for c in cluster["head_start_ray_commands"] if "mlflow server" in c)
+    argv = shlex.split(server.split("mlflow server", 1)[1].split(">", 1)[0])
+    options = dict(zip(argv[::2], argv[1::2]))
+    assert options["--port"] == "5000" and options["--host"] == "0.0.0.0"
+    assert options["--backend-store-uri"] == f"sqlite:///{REPO_ON_NODES}/mlflow.db"
+    assert options["--artifacts-destination"] == f"{REPO_ON_NODES}/mlruns"
+    assert server.startswith("curl -sf http://127.0.0.1:5000/health > /dev/null ||"), "restarts reuse a running server"
+    workers = " ".join(cluster["worker_start_ray_commands"])
+    assert "ray start --address=$RAY_HEAD_IP:6379" in workers
+
+
+@pytest.mark.parametrize("bashrc", [None, "", "case $- in\n    *i*) ;;\n      *) return;;\nesac\nalias ll='ls -l'\n"])
+def test_the_environment_is_sourced_first_thing_in_bashrc_once(
+    cluster: dict[str, Any], tmp_path: Path, bashrc: str | None
+) -> None:
+    """First line, before Ubuntu's "not interactive: return" guard; rerunning setup adds nothing."""
+    if bashrc is not None:
+        (tmp_path / ".bashrc").write_text(bashrc)
+    command = next(c for c in cluster["setup_commands"] if ".bashrc" in c)
+    for _ in range(2):
+        subprocess.run(["bash", "-c", command], env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]}, check=True)
+    lines = (tmp_path / ".bashrc").read_text().splitlines()
+    assert lines[0] == "source ~/.btbnet_env"
+    assert lines.count("source ~/.btbnet_env") == 1
+    assert lines[1:] == (bashrc or "").splitlines()
+
+
+# ---------------------------------------------------------------------------- paper.yaml and paper_scale.py
+
+
+def test_paper_overrides_merged_over_params_pass_validation(paper: dict[str, Any], tmp_path: Path) -> None:
+    merged = deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), paper)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(merged))
+    p = load_params(path)
+    assert (p.model.width, p.model.variant, p.scales, p.rrnet_steps) == (1.0, "paper", [1.0, 0.8, 0.6], 3)
+    assert (p.pretrain.num_workers, p.pretrain.use_gpu, p.finetune.use_gpu) == (8, True, True)
+    assert [t.name for t in p.evaluate.test_sets] == ["shi", "dut"]
+
+
+def test_paper_scale_training_fits_the_gpu_workers(cluster: dict[str, Any], paper: dict[str, Any]) -> None:
+    worker = cluster["available_node_types"]["gpu_worker"]
+    gpus = worker["max_workers"] * worker["resources"]["GPU"]
+    for stage in ("pretrain", "finetune"):
+        t = paper[stage]
+        assert t["use_gpu"] is True, stage
+        assert t["num_workers"] <= gpus, f"{stage}: {t['num_workers']} workers, the cluster has {gpus} GPUs"
+        assert t["cpus_per_worker"] <= worker["resources"]["CPU"], stage
+        assert t["loader_workers"] + 1 <= t["cpus_per_worker"], f"{stage}: loader processes + the trainer"
+
+
+def test_dry_run_prints_the_dvc_command_with_every_leaf(paper: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
+    assert paper_scale.main(["--dry-run"]) == 0
+    argv = shlex.split(capsys.readouterr().out.strip())
+    assert argv[:5] == ["dvc", "exp", "run", "-n", "paper-scale"]
+    assert argv[5::2] == ["-S"] * len(leaves(paper))
+    assigned = dict(arg.split("=", 1) for arg in argv[6::2])
+    assert set(assigned) == set(leaves(paper))
+    assert assigned["model.width"] == "1.0"
+    assert assigned["pretrain.use_gpu"] == "true"
+    assert assigned["synthesize.max_size"] == "null"
+    assert assigned["synthesize.sources"] == "[bsds500,ucid]"
+    assert assigned["evaluate.test_sets"] == (
+        "[{name:shi,folder:cuhk/test,polarity:blurred},{name:dut,folder:dut,polarity:in_focus}]"
+    )
+
+
+def test_dvc_parses_the_overrides_back_into_the_paper_values(paper: dict[str, Any], tmp_path: Path) -> None:
+    """`dvc exp run -S ...` on params.yaml gives exactly params.yaml deep-merged with paper.yaml."""
+    from dvc.utils.hydra import apply_overrides
+
+    applied = tmp_path / "applied" / "params.yaml"
+    expected = tmp_path / "expected" / "params.yaml"
+    for path in (applied, expected):
+        path.parent.mkdir()
+    applied.write_text(PARAMS_FILE.read_text())
+    apply_overrides(applied, paper_scale.override_args(paper)[1::2])
+    expected.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), paper)))
+    assert load_params(applied) == load_params(expected)
+
+
+def test_main_runs_dvc_from_the_repo_root_with_another_file_and_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    overrides = tmp_path / "small.yaml"
+    overrides.write_text("model:\n  width: 0.25\nrrnet_steps: 0\n")
+    calls = []
+    monkeypatch.setattr(paper_scale.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 3)
+    assert paper_scale.main(["--file", str(overrides), "--name", "quarter"]) == 3
+    expected = ["dvc", "exp", "run", "-n", "quarter", "-S", "model.width=0.25", "-S", "rrnet_steps=0"]
+    assert calls == [(expected, REPO_ROOT)]
+    assert capsys.readouterr().out.strip() == shlex.join(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "literal"),
+    [
+        (None, "null"),
+        (True, "true"),
+        (False, "false"),
+        (8, "8"),
+        (0.0001, "0.0001"),
+        (1e-05, "1e-05"),
+        ("imagenet", "imagenet"),
+        ("cuhk/test", "cuhk/test"),
+        ([], "[]"),
+        ([1, 0.8, 0.6], "[1,0.8,0.6]"),
+        ([True, None, "a"], "[true,null,a]"),
+        ({"name": "dut", "polarity": "in_focus"}, "{name:dut,polarity:in_focus}"),
+        ([{"a": [1, 2]}, {"b": {"c": None}}], "[{a:[1,2]},{b:{c:null}}]"),
+    ],
+)
+def test_to_literal(value: Any, literal: str) -> None:
+    assert paper_scale.to_literal(value) == literal
+
+
+def test_to_literal_refuses_what_the_grammar_cannot_express() -> None:
+    with pytest.raises(TypeError, match="cannot express"):
+        paper_scale.to_literal(object())
+
+
+def test_override_args_flattens_nested_mappings_and_keeps_lists_whole() -> None:
+    overrides = {"a": {"b": {"c": 1}, "d": [True, None]}, "e": "x", "f": {"g": {"name": "n"}}, "h": {}}
+    assert paper_scale.override_args(overrides) == [
+        "-S", "a.b.c=1", "-S", "a.d=[true,null]", "-S", "e=x", "-S", "f.g.name=n",
+    ]  # fmt: skip
+    assert paper_scale.override_args({}) == []
