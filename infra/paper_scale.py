@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import subprocess
 import sys
@@ -30,6 +31,15 @@ def override_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
     return args
 
 
+# Unquoted strings the grammar reads back as the same string: no `,:[]{}='"` or spaces.
+PLAIN_STRING = re.compile(r"[A-Za-z_./-][A-Za-z0-9_./-]*")
+
+
+def quote(text: str) -> str:
+    """A quoted string of the override grammar: 'it\\'s', so "null" or "1.0" stay strings."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def to_literal(value: Any) -> str:
     """A value in the override grammar DVC uses (Hydra's): null, numbers, [lists], {dicts}."""
     if value is None:
@@ -39,7 +49,7 @@ def to_literal(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return value
+        return value if PLAIN_STRING.fullmatch(value) and yaml.safe_load(value) == value else quote(value)
     if isinstance(value, list):
         return "[" + ",".join(to_literal(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -310,6 +310,10 @@ def test_main_runs_dvc_from_the_repo_root_with_another_file_and_name(
         (1e-05, "1e-05"),
         ("imagenet", "imagenet"),
         ("cuhk/test", "cuhk/test"),
+        ("null", "'null'"),
+        ("1.0", "'1.0'"),
+        ("a,b", "'a,b'"),
+        ("it's", "'it\\'s'"),
         ([], "[]"),
         ([1, 0.8, 0.6], "[1,0.8,0.6]"),
         ([True, None, "a"], "[true,null,a]"),
@@ -332,3 +336,13 @@ def test_override_args_flattens_nested_mappings_and_keeps_lists_whole() -> None:
         "-S", "a.b.c=1", "-S", "a.d=[true,null]", "-S", "e=x", "-S", "f.g.name=n",
     ]  # fmt: skip
     assert paper_scale.override_args({}) == []
+
+
+def test_dvc_reads_quoted_strings_back_as_the_same_strings(tmp_path: Path) -> None:
+    from dvc.utils.hydra import apply_overrides
+
+    values = {"a": "null", "b": "1.0", "c": "a,b", "d": "it's", "e": "cuhk/test", "f": ["true", "x:y"]}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({k: 0 for k in values}))
+    apply_overrides(path, paper_scale.override_args(values)[1::2])
+    assert yaml.safe_load(path.read_text()) == values
