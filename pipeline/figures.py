@@ -28,17 +28,33 @@ def image_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
 
 def plot_pr_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
     """Precision against recall, one line per test set (section 4.2)."""
+    lines = {name: (recall, precision) for name, (precision, recall) in curves.items()}
+    title = "PR curves (thresholds 0…255)"
+    plot_lines(lines, path, xlabel="recall", ylabel="precision", title=title, limits=((0, 1), (0, 1.02)))
+
+
+def plot_lines(
+    lines: dict[str, tuple[list[float], list[float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    limits: tuple[tuple[float, float], tuple[float, float]] | None = None,
+) -> None:
+    """One line per entry (x values, y values), written as a PNG without timestamps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
-    for name, (precision, recall) in curves.items():
-        ax.plot(recall, precision, label=name)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="PR curves (thresholds 0…255)")
+    for name, (xs, ys) in lines.items():
+        ax.plot(xs, ys, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if limits:
+        ax.set(xlim=limits[0], ylim=limits[1])
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)

@@ -21,10 +21,10 @@ from typing import Any
 
 import mlflow
 
-import btbnet
 from btbnet import BTBNetConfig
 
 from . import stage
+from .figures import plot_lines
 from .params import REPO_ROOT, TrainParams, resolve
 from .tracking import log_model, stage_run, tracking_uri
 
@@ -135,6 +135,20 @@ def run_training(job: TrainJob, out: Path) -> dict[str, float]:
         shutil.rmtree(RAY_RUNS / name, ignore_errors=True)
 
 
+def log_loss_curves(run_id: str) -> None:
+    """The per-step losses that rank 0 logged, as a picture in the stage's MLflow run."""
+    client = mlflow.tracking.MlflowClient(tracking_uri())
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("step/"))
+    lines = {}
+    for key in keys:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        lines[key.removeprefix("step/")] = ([m.step for m in history], [m.value for m in history])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "loss.png"
+        plot_lines(lines, path, xlabel="step", ylabel="loss (eq. 6, per term)", title="training loss")
+        mlflow.log_artifact(str(path))
+
+
 def train_stage(
     name: str,
     t: TrainParams,
@@ -169,5 +183,6 @@ def train_stage(
         metrics["train_samples"] = len(dataset)
         stage.write_json(resolve(t.metrics), metrics)
         mlflow.log_artifact(str(resolve(t.metrics)))
+        log_loss_curves(run.info.run_id)
         log_model(out, example_size=t.image_size or 64)
     print(f"{name}: loss {metrics.get('epoch/total', float('nan')):.4f} after {t.epochs} epochs, model in {out}")

@@ -143,6 +143,12 @@ def test_mlflow_runs_hold_params_and_metrics(client, params, repro):
         assert [m.step for m in steps] == [0, 1]  # max_steps_per_epoch 2, one epoch
         epochs = client.get_metric_history(run.info.run_id, "epoch/total")
         assert len(epochs) == 1 and math.isfinite(epochs[0].value)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {f"{stage}.json", "loss.png"} <= artifacts
+    synthesize_id, evaluate_id = runs["synthesize"].info.run_id, runs["evaluate"].info.run_id
+    assert {"samples.png", "synthesize.json"} <= {a.path for a in client.list_artifacts(synthesize_id)}
+    assert {"evaluate.json", "figures", "pr_curves"} <= {a.path for a in client.list_artifacts(evaluate_id)}
+    assert "figures/pr_curves.png" in {a.path for a in client.list_artifacts(evaluate_id, "figures")}
     evaluate = runs["evaluate"]
     assert evaluate.data.params["evaluate.examples"] == str(params["evaluate"]["examples"])
     for name in (t["name"] for t in params["evaluate"]["test_sets"]):
