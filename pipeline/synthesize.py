@@ -20,6 +20,7 @@ import mlflow  # pipeline/__init__ has set its environment
 
 from btbnet.augment import NUM_AUGMENTATIONS
 from btbnet.data import DataError, list_images, load_rgb
+from btbnet.predict import fit_within
 from btbnet.synthesis import DIRECTIONS, LEVELS, sample_name, synthesize
 
 from . import stage
@@ -46,12 +47,10 @@ def source_items(s: SynthesizeParams) -> list[dict[str, str]]:
 
 
 def resize_to_max(image: np.ndarray, max_size: int | None) -> np.ndarray:
-    h, w = image.shape[:2]
-    if max_size is None or max(h, w) <= max_size:
+    h, w = fit_within(image.shape[:2], max_size)
+    if (h, w) == image.shape[:2]:
         return image
-    scale = max_size / max(h, w)
-    size = (max(2, round(w * scale)), max(2, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
 
 class WriteSamples:
@@ -91,10 +90,9 @@ def run() -> None:
             for sub in ("image", "gt"):
                 (staging / sub).mkdir(parents=True)
             rows = write_samples(items, staging, s)
-        errors = sorted(r["error"] for r in rows if r["error"])
-        if errors:
-            stage.remove(out)
-            raise DataError(errors[0] + (f" (and {len(errors) - 1} more bad sources)" if len(errors) > 1 else ""))
+            errors = sorted(r["error"] for r in rows if r["error"])
+            if errors:  # raised inside `staged`: the partial set is discarded, never moved to `out`
+                raise DataError(errors[0] + (f" (and {len(errors) - 1} more bad sources)" if len(errors) > 1 else ""))
         samples = int(sum(r["samples"] for r in rows))
         metrics = {
             "sources": len(rows),

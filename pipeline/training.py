@@ -106,7 +106,7 @@ def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
 
 
 def run_training(job: TrainJob, out: Path) -> dict[str, float]:
-    """Fit with Ray Train's TorchTrainer and copy the final model to `out` (atomically)."""
+    """Fit with Ray Train's TorchTrainer and copy the final model to `out` (a staging path)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
