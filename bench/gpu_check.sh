@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_check.sh            # from the repo root; results in $OUT (default ./gpu_check_out)
 #
-# Written for the project's H200 loan machine (/work/.library/device/KINDS.md): no internet, so
+# Written for an offline GPU machine (an NVIDIA H200): no internet, so
 # nothing is installed. Its python3 already holds torch (a CUDA build; 2.11 when last seen, not
 # the project's pin 2.13.0), numpy, pillow and tqdm, which is all btbnet needs; the project is
 # put on PYTHONPATH instead of `pip install -e .` (pyproject also asks for Python 3.11, the

@@ -21,6 +21,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from .images import check_image, check_mask
+
 NUM_AUGMENTATIONS = 16
 
 
@@ -30,7 +32,8 @@ def augment(image: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray
     Returns new, writable, C-contiguous arrays (image [H', W', 3], mask [H', W']) that stay pixel-aligned;
     H' = H, W' = W for 0° and 180°, swapped for 90° and 270°, a square crop for 45° + k·90°.
     """
-    _check_pair(image, mask)
+    check_image(image, min_side=2)
+    check_mask(mask, image.shape[:2])
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < NUM_AUGMENTATIONS:
         raise ValueError(f"index: must be an integer in 0…{NUM_AUGMENTATIONS - 1}, got {index!r}")
     quarter_turns, half_step = divmod(int(index) // 2, 2)  # angle = 90° × quarter_turns + 45° × half_step
@@ -57,23 +60,3 @@ def rotate_45(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     left, top = (width - side) // 2, (height - side) // 2
     box = (left, top, left + side, top + side)
     return np.array(turned_image.crop(box)), np.array(turned_mask.crop(box))
-
-
-def _check_pair(image: np.ndarray, mask: np.ndarray) -> None:
-    """Raise ValueError unless image is uint8 [H, W, 3] and mask uint8 [H, W] in {0, 255}."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected a uint8 array [H, W, 3], got {_describe(image)}")
-    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.ndim != 2:
-        raise ValueError(f"mask: expected a uint8 array [H, W], got {_describe(mask)}")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask: shape {list(mask.shape)} does not match image shape {list(image.shape)}")
-    if min(mask.shape) < 2:
-        raise ValueError(f"image: must be at least 2×2 pixels, got {mask.shape[0]}×{mask.shape[1]}")
-    if not np.isin(mask, (0, 255)).all():
-        raise ValueError("mask: values must be 0 or 255")
-
-
-def _describe(a: object) -> str:
-    if isinstance(a, np.ndarray):
-        return f"{a.dtype} {list(a.shape)}"
-    return type(a).__name__

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .config import BTBNetConfig
+from .io import atomic_output
 from .model import MultiStreamBTBNet, build_model
 
 FORMAT_VERSION = 1
@@ -21,41 +22,54 @@ def unwrap(model: nn.Module) -> MultiStreamBTBNet:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: float | int | str) -> Path:
-    """Write {config, state_dict, extra} atomically: a crash never leaves a partial file."""
+    """Write {config, state_dict, extra} atomically: a crash never leaves a partial file.
+
+    Identical weights, config and extra give identical bytes (torch.save is given an open
+    file, so its archive is not named after the temporary path).
+    """
     model = unwrap(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = Path(path)
+    with atomic_output(path) as tmp, tmp.open("wb") as f:
+        torch.save(payload, f)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MultiStreamBTBNet:
-    """The model saved by `save_checkpoint`, in eval mode (loaded with weights_only=True)."""
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's payload {format_version, config, state_dict, extra}, checked.
+
+    Loaded with weights_only=True (no code runs from the file) and memory-mapped, so reading
+    only the config does not pull the weights into memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable btbnet checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or "config" not in payload or "state_dict" not in payload:
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as exc:  # a pickle with code, a truncated zip, not a torch file at all
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable btbnet checkpoint ({first_line})") from None
+    if not isinstance(payload, Mapping) or "config" not in payload or "state_dict" not in payload:
         raise ValueError(f"{path}: not a btbnet checkpoint (no config/state_dict)")
-    model = build_model(BTBNetConfig.from_dict(payload["config"]))
+    return dict(payload)
+
+
+def read_config(path: str | Path) -> BTBNetConfig:
+    """The `BTBNetConfig` stored in a checkpoint, without building the model."""
+    return BTBNetConfig.from_dict(read_checkpoint(path)["config"], prefix=f"{path}: config.")
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MultiStreamBTBNet:
+    """The model saved by `save_checkpoint`, in eval mode (loaded with weights_only=True)."""
+    payload = read_checkpoint(path, map_location)
+    model = build_model(BTBNetConfig.from_dict(payload["config"], prefix=f"{path}: config."))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not match the stored config ({exc})") from exc
-    return model.eval()
+        raise ValueError(f"{path}: weights do not match the stored config ({str(exc).splitlines()[0]})") from None
+    return model.to(map_location).eval()

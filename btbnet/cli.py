@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import BTBNetConfig, ConfigError
+from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
 from .predict import predict_paths
 from .summary import summarize
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print one JSON line: the configuration, params and gmacs (billions of MACs per image).",
     )
     defaults = BTBNetConfig()
-    summary.add_argument("--variant", choices=("paper", "fast"), default=defaults.variant)
+    summary.add_argument("--variant", choices=VARIANTS, default=defaults.variant)
     summary.add_argument("--width", type=float, default=defaults.width, help="channel multiplier (1.0 = paper)")
     summary.add_argument("--scales", type=float, nargs="+", default=list(defaults.scales), metavar="S")
     summary.add_argument("--rrnet-steps", type=int, default=defaults.rrnet_steps, metavar="N")

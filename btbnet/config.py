@@ -1,28 +1,149 @@
-"""Typed model configuration: the one place the architecture's knobs live."""
+"""Typed settings: `BTBNetConfig` (the architecture) and the one reader every config class uses.
+
+Every config of the project is a frozen dataclass owned by the library module it configures
+(`BTBNetConfig` here, `btbnet.train.OptimConfig` / `LoopConfig`, `btbnet.data.InputConfig`);
+each default lives in its dataclass alone. `from_mapping` builds one from a plain mapping (a
+section of params.yaml, a checkpoint's stored config), checking keys and types; the class's
+`__post_init__` checks ranges. Every error is a `ConfigError` whose message starts with the
+offending key, prefixed with where the mapping came from (`pretrain.optim.lr_new: …`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, TypeVar
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 VARIANTS = ("paper", "fast")
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message names the key."""
+    """An invalid setting; the message starts with the key."""
 
 
 T = TypeVar("T")
 
 
-def from_mapping(cls: type[T], d: Mapping[str, Any], what: str) -> T:
-    """Dataclass `cls` from a mapping; an unknown key raises ConfigError naming it."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
+def from_mapping(cls: type[T], d: Mapping[str, Any], prefix: str = "") -> T:
+    """Dataclass `cls` from mapping `d`: unknown, missing and ill-typed keys raise ConfigError.
+
+    Field types understood: bool, int, float (ints are accepted and converted), str (not
+    empty), Optional[...] (null), tuple[X, ...] (from a list), unions of those, and nested
+    dataclasses. `prefix` ("pretrain.optim.") is put before every key an error names.
+    """
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown {what} (known: {sorted(known)})")
-    return cls(**d)
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {sorted(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name in d:
+            values[name] = _coerce(hints[name], d[name], f"{prefix}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: missing")
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """`value` as type `tp`, or ConfigError naming `key`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc).removeprefix(f"{key}: "))
+        raise ConfigError(f"{key}: " + " or ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported field type {tp}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain data (tuples as lists): what `from_mapping` reads back."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(asdict(config))
+
+
+def deep_merge(base: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `updates` applied key by key (nested mappings merged, anything else replaced)."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}: nested mappings become dotted keys, other values stay."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_number(key: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """ConfigError naming `key` unless `value` is a finite real in [low, high) ((low, high) if low_open)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        lower = f"> {low:g}" if low_open else f">= {low:g}"
+        bound = f"a number {lower}" + (f" and < {high:g}" if high is not None else "")
+        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+
+
+def check_int(key: str, value: Any, low: int, allow_none: bool = False) -> None:
+    """ConfigError naming `key` unless `value` is an integer >= low (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        suffix = " or null" if allow_none else ""
+        raise ConfigError(f"{key}: must be an integer >= {low}{suffix}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -33,6 +154,7 @@ class BTBNetConfig:
                   top-bottom stream upsamples step by step).
     width:        multiplier on every channel count; 1.0 is the paper's network.
     scales:       one BTBNet stream per entry (section 3.1, Table 2); (1, 0.8, 0.6) is the paper's.
+                  Each must be in (0, 1]: a stream sees the image at most at its own size.
     rrnet_steps:  recurrent RRNet refinements (eq. 5); 0 means FNet alone, 3 is the paper's.
     """
 
@@ -42,27 +164,24 @@ class BTBNetConfig:
     rrnet_steps: int = 3
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        object.__setattr__(self, "scales", tuple(self.scales))
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant: must be one of {VARIANTS}, got {self.variant!r}")
-        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
-            raise ConfigError(f"width: must be a number > 0, got {self.width!r}")
+        check_number("width", self.width, 0.0, low_open=True)
         if len(self.scales) == 0:
             raise ConfigError("scales: must list at least one scale, got an empty list")
         for s in self.scales:
-            if not (math.isfinite(s) and s > 0):
-                raise ConfigError(f"scales: every scale must be > 0, got {s!r} in {list(self.scales)}")
-        if isinstance(self.rrnet_steps, bool) or not isinstance(self.rrnet_steps, int) or self.rrnet_steps < 0:
-            raise ConfigError(f"rrnet_steps: must be an integer >= 0, got {self.rrnet_steps!r}")
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0 < s <= 1):
+                raise ConfigError(f"scales: every scale must be in (0, 1], got {s!r} in {list(self.scales)}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        check_int("rrnet_steps", self.rrnet_steps, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["scales"] = list(self.scales)
-        return d
+        return to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BTBNetConfig":
-        return from_mapping(cls, d, "model setting")
+    def from_dict(cls, d: Mapping[str, Any], prefix: str = "") -> "BTBNetConfig":
+        return from_mapping(cls, d, prefix)
 
     def channels(self, c: int) -> int:
         """Channel count `c` of the paper scaled by `width` (at least 1)."""

@@ -19,7 +19,9 @@ Reading rules, shared by every caller:
 
 from __future__ import annotations
 
+import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ from PIL import Image
 
 from .augment import NUM_AUGMENTATIONS
 from .augment import augment as augment_pair
+from .config import check_int
+from .images import check_image, resize
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # any case
 POLARITIES: tuple[str, ...] = ("blurred", "in_focus")  # what white (255) means in the mask files
@@ -68,18 +72,28 @@ def load_mask(path: str | Path, polarity: str) -> np.ndarray:
     return np.where(in_focus, 255, 0).astype(np.uint8)
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in `folder` (IMAGE_EXTENSIONS, any case), sorted by name.
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Image files in `folder` (IMAGE_EXTENSIONS, any case), sorted by path below it.
 
-    Hidden files (".name", e.g. macOS "._0001.jpg" resource forks) are skipped.
+    recursive: also in its sub-folders (symbolic links to folders are not followed, so a link
+    loop cannot recurse forever). Hidden files and folders (".name", e.g. macOS "._0001.jpg"
+    resource forks) are skipped.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
-    images = sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+    if recursive:
+        candidates = []
+        for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            candidates += [Path(dirpath) / name for name in filenames]
+    else:
+        candidates = list(folder.iterdir())
+    images = sorted((p for p in candidates if _is_image_file(p)), key=lambda p: p.relative_to(folder).parts)
     if not images:
         accepted = ", ".join(IMAGE_EXTENSIONS)
-        raise DataError(f"{folder}: folder has no images (accepted extensions: {accepted}, any case)")
+        where = " or its sub-folders" if recursive else ""
+        raise DataError(f"{folder}: folder{where} has no images (accepted extensions: {accepted}, any case)")
     return images
 
 
@@ -112,15 +126,32 @@ def load_pair(image_path: str | Path, mask_path: str | Path, polarity: str) -> t
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] → float32 tensor [3, H, W] in [0, 1], the model's input format."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = list(image.shape) if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"image: expected a uint8 array [H, W, 3], got {getattr(image, 'dtype', '')} {shape}")
+    check_image(image)
     return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """uint8 [H, W] in {0, 255} → float32 tensor [1, H, W] in {0, 1} (1 = in focus)."""
     return torch.from_numpy(np.ascontiguousarray(mask == 255)).float().unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How training pairs become network inputs (section 4.1).
+
+    image_size: every (augmented) pair is resized to image_size × image_size (bilinear image,
+                nearest mask); None keeps the native size, which batches only one by one.
+    augment:    the 16 rotations / flips of section 4.1, applied at load time.
+    """
+
+    image_size: int | None = None
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("image_size", self.image_size, 8, allow_none=True)
+
+    def dataset(self, root: str | Path, polarity: str) -> "PairDataset":
+        return PairDataset(root, polarity, size=self.image_size, augment=self.augment)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -170,15 +201,9 @@ class PairDataset(torch.utils.data.Dataset):
         if self.augment:
             image, mask = augment_pair(image, mask, version)
         if self.size is not None:
-            image = _resize(image, Image.Resampling.BILINEAR, self.size)
-            mask = _resize(mask, Image.Resampling.NEAREST, self.size)
+            image = resize(image, (self.size, self.size), Image.Resampling.BILINEAR)
+            mask = resize(mask, (self.size, self.size), Image.Resampling.NEAREST)
         return image, mask
-
-
-def _resize(array: np.ndarray, resample: Image.Resampling, size: int) -> np.ndarray:
-    if array.shape[:2] == (size, size):
-        return array
-    return np.array(Image.fromarray(array).resize((size, size), resample))
 
 
 def _open_decoded(path: Path) -> Image.Image:

@@ -10,10 +10,11 @@ Every map is a logit map, so each term is `binary_cross_entropy_with_logits` (nu
 stable: it never takes log(sigmoid(x)) of a saturated sigmoid).
 
 Reductions:
-    "mean"  mean over pixels and batch: the loss does not grow with the image size.
-    "sum"   Caffe's SigmoidCrossEntropyLoss: sum over the pixels of each image, mean over
-            the batch. This is eq. 6 read per image and what the paper's learning rates
-            (section 4.1, batch size 1) were tuned for; "sum" = "mean" × H × W.
+    "mean"  mean over pixels and batch: the loss does not grow with the image size. This is
+            Caffe's SigmoidCrossEntropyLoss with its default normalisation (VALID: divided
+            by the number of pixels), the framework the paper used.
+    "sum"   eq. 6 read literally per image: sum over the pixels of each image, mean over the
+            batch (Caffe's normalisation BATCH_SIZE); "sum" = "mean" × H × W.
 """
 
 from __future__ import annotations
@@ -78,13 +79,3 @@ def loss_terms(
         total = total + alpha * terms[f"aux_{n}"]
     terms["total"] = total
     return terms
-
-
-def btbnet_loss(
-    prediction: Prediction,
-    target: torch.Tensor,
-    aux_weight: float | Sequence[float] = 1.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """L_final of eq. 7 (a scalar to backpropagate); see `loss_terms` for the arguments."""
-    return loss_terms(prediction, target, aux_weight, reduction)["total"]

@@ -1,24 +1,42 @@
-"""Evaluation criteria of section 4.2: PR curve, adaptive precision / recall / F-measure, MAE.
+"""Evaluation criteria for DBD maps under two scoring protocols: "paper" and "ddff".
 
 Inputs: `pred`, a DBD map [H, W] of floats in [0, 1] (1 = in focus), and `gt`, a binary mask
 [H, W] given as bool, {0, 1} or {0, 255} (in focus = True / 1 / 255).
 
-Conventions (those of common saliency / DBD benchmark code, e.g. PySODMetrics):
-  - Positives are in-focus pixels.
+Protocol "paper": section 4.2 of Zhao et al. (CVPR 2018), with the conventions of common
+saliency / DBD benchmark code (e.g. PySODMetrics).
+  - Positives are IN-FOCUS pixels.
   - precision = TP / (TP + FP) and recall = TP / (TP + FN), with 0 / 0 → 0: no predicted
     positive gives precision 0, an all-blurred ground truth gives recall 0.
   - F-measure (eq. 8) with ζ² = 0.3 is 0 when precision and recall are both 0.
-  - PR curve: the map is quantised to levels round(pred · 255) (`binarize_levels`, round half
-    to even) and binarised at every integer threshold t = 0…255, positive where level >= t.
-    At t = 0 every pixel is positive.
+  - PR curve: the map is quantised to levels round(pred · 255) (round half to even) and
+    binarised at every integer threshold t = 0…255, positive where level >= t. At t = 0 every
+    pixel is positive.
   - Adaptive threshold: min(1.5 · mean(pred), 1.0), positive where pred >= threshold; the clamp
-    keeps at least the pixels at 1.0 positive when the mean exceeds 2/3.
+    keeps at least the pixels at 1.0 positive when the mean exceeds 2/3. An all-zero map has
+    threshold 0 and so marks every pixel in focus, exactly like an all-one map.
+  - Averaging over a set: every metric is computed per image, then averaged over the images.
+    `f_measure` is eq. 8 applied to the set's mean adaptive precision and mean adaptive recall;
+    `f_measure_per_image` is the mean of the per-image eq. 8 values (the literature uses both;
+    the former is the usual reading of "average precision, recall and F-measure").
+    The PR curve is the per-threshold mean of the per-image curves, and `f_max` is the maximum
+    over the 256 thresholds of eq. 8 applied to that mean curve.
 
-Averaging over a set (`SetMetrics`): every metric is computed per image, then averaged over
-the images. `f_measure` is eq. 8 applied to the set's mean adaptive precision and mean
-adaptive recall (not the mean of per-image F values). The PR curve is the per-threshold mean of
-the per-image precision and recall curves, and `f_max` is the maximum over the 256 thresholds
-of eq. 8 applied to that mean curve.
+Protocol "ddff": the scoring of D-DFFNet (Jin et al., "Depth and DOF cues make better defocus
+blur detection", ICME 2023; released code yuxinjin-whu/D-DFFNet, `utils.F_score1`,
+`utils.eval_mae`) and of the DBD works that reuse it.
+  - Positives are BLURRED pixels: the blur score 1 - pred is compared with the blurred mask ~gt.
+  - The map is binarised at 0.5 as in the released code (`y_pred[y_pred >= 0.5] = 1`, i.e. a
+    pixel is in focus where pred >= 0.5): a pixel is predicted BLURRED where pred < 0.5
+    (equivalently 1 - pred > 0.5, strictly). Precision, recall and eq. 8 (ζ² = 0.3) of that
+    binary map are computed per image with 0 / 0 → 0.
+  - `f_measure`, `precision`, `recall` are the means over images of the per-image values (F is
+    averaged per image, not recomputed from the mean P and R).
+  - `f_measure_code`: the released `F_score1` sweeps thresholds linspace(0, 1, 255) over the
+    already binarised blur map and keeps the maximum F. Threshold 0 marks every pixel blurred,
+    so its per-image value is max(F of the binary map, F of the all-blurred map); this key is
+    the mean of that value, for comparison with published D-DFFNet-style figures.
+  - `mae` is eq. 9, which is the same under either polarity since |p - g| = |(1-p) - (1-g)|.
 """
 
 from __future__ import annotations
@@ -28,16 +46,23 @@ import numpy as np
 NUM_LEVELS = 256  # integer thresholds 0…255
 BETA2 = 0.3  # ζ² of eq. 8
 ADAPTIVE_FACTOR = 1.5  # threshold = 1.5 × mean of the DBD map
+DDFF_THRESHOLD = 0.5  # "ddff": in focus where pred >= 0.5, blurred where pred < 0.5
+
+PROTOCOLS = ("paper", "ddff")
+# Scalar keys of `SetMetrics(protocol).result()` worth reporting (besides "images" and curves).
+_REPORTED = {
+    "paper": ("f_measure", "f_measure_per_image", "precision", "recall", "mae", "f_max"),
+    "ddff": ("f_measure", "f_measure_code", "precision", "recall", "mae"),
+}
 
 
-def binarize_levels(pred: np.ndarray) -> np.ndarray:
-    """The map's grey levels round(pred · 255), [H, W] uint8 (round half to even)."""
-    pred = _check_pred(pred)
-    return np.rint(pred * 255).astype(np.uint8)
+def reported_keys(protocol: str = "paper") -> tuple[str, ...]:
+    """The scalar result keys reported under `protocol` (see the module doc for their meaning)."""
+    return _REPORTED[_check_protocol(protocol)]
 
 
 def pr_curve(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall [256] float64 at thresholds t = 0…255 (positive: level >= t)."""
+    """"paper": precision and recall [256] float64 at thresholds t = 0…255 (positive: level >= t)."""
     pred, gt = _check_pair(pred, gt)
     levels = np.rint(pred * 255).astype(np.intp)  # [H, W] in 0…255
     in_focus_hist = np.bincount(levels[gt], minlength=NUM_LEVELS)  # [256]
@@ -48,17 +73,21 @@ def pr_curve(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def adaptive_threshold(pred: np.ndarray) -> float:
-    """min(1.5 · mean(pred), 1.0), the per-map threshold of section 4.2."""
+    """"paper": min(1.5 · mean(pred), 1.0), the per-map threshold of section 4.2."""
     pred = _check_pred(pred)
     return float(min(ADAPTIVE_FACTOR * pred.mean(), 1.0))
 
 
 def precision_recall_at(pred: np.ndarray, gt: np.ndarray, threshold: float) -> tuple[float, float]:
-    """Precision and recall of the map binarised at `threshold` (positive: pred >= threshold)."""
+    """In-focus precision and recall of the map binarised at `threshold` (positive: pred >= threshold)."""
     pred, gt = _check_pair(pred, gt)
-    positive = pred >= threshold
-    tp = np.count_nonzero(positive & gt)
-    return float(_ratio(tp, np.count_nonzero(positive))), float(_ratio(tp, np.count_nonzero(gt)))
+    return _precision_recall(pred >= threshold, gt)
+
+
+def blurred_precision_recall(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """"ddff": precision and recall of BLURRED pixels, predicted blurred where pred < 0.5."""
+    pred, gt = _check_pair(pred, gt)
+    return _precision_recall(pred < DDFF_THRESHOLD, ~gt)
 
 
 def f_measure(precision, recall, beta2: float = BETA2):
@@ -72,53 +101,80 @@ def f_measure(precision, recall, beta2: float = BETA2):
 
 
 def mae(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Eq. 9: mean absolute difference between the map and the binary ground truth."""
+    """Eq. 9: mean absolute difference between the map and the binary ground truth (either protocol)."""
     pred, gt = _check_pair(pred, gt)
     return float(np.abs(pred - gt).mean())
 
 
 class SetMetrics:
-    """Accumulates per-image metrics over a test set; `result()` averages them (see module doc)."""
+    """Accumulates per-image metrics over a test set under one protocol ("paper" or "ddff").
 
-    def __init__(self) -> None:
+    `add(pred, gt)` scores one image and returns its own values; `result()` returns the set
+    averages described in the module doc, with keys `reported_keys(protocol)` plus "images"
+    (and, for "paper", the mean PR curve "pr_precision" / "pr_recall", 256 values each).
+    """
+
+    def __init__(self, protocol: str = "paper") -> None:
+        self.protocol = _check_protocol(protocol)
         self.images = 0
-        self._precision = 0.0  # sums over images of the adaptive-threshold values
-        self._recall = 0.0
-        self._mae = 0.0
-        self._pr_precision = np.zeros(NUM_LEVELS)  # [256] sums of per-image curves
+        self._sums: dict[str, float] = {}  # per-image scalar values summed over images
+        self._pr_precision = np.zeros(NUM_LEVELS)  # [256] sums of per-image curves ("paper")
         self._pr_recall = np.zeros(NUM_LEVELS)
 
     def add(self, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-        """Add one image; returns its own adaptive precision, recall, F-measure and MAE."""
+        """Add one image; returns its precision, recall, f_measure and mae (+ f_measure_code for ddff)."""
         pred, gt = _check_pair(pred, gt)
-        precision, recall = precision_recall_at(pred, gt, adaptive_threshold(pred))
-        curve_p, curve_r = pr_curve(pred, gt)
-        error = mae(pred, gt)
+        if self.protocol == "paper":
+            precision, recall = _precision_recall(pred >= adaptive_threshold(pred), gt)
+            curve_p, curve_r = pr_curve(pred, gt)
+            self._pr_precision += curve_p
+            self._pr_recall += curve_r
+            values = {"precision": precision, "recall": recall, "f_measure": f_measure(precision, recall)}
+        else:
+            blurred = ~gt  # [H, W] positives of "ddff"
+            precision, recall = _precision_recall(pred < DDFF_THRESHOLD, blurred)
+            f = f_measure(precision, recall)
+            # Threshold 0 of F_score1's sweep: every pixel predicted blurred.
+            f_all_blurred = f_measure(*_precision_recall(np.ones_like(blurred), blurred))
+            values = {"precision": precision, "recall": recall, "f_measure": f, "f_measure_code": max(f, f_all_blurred)}
+        values["mae"] = float(np.abs(pred - gt).mean())
         self.images += 1
-        self._precision += precision
-        self._recall += recall
-        self._mae += error
-        self._pr_precision += curve_p
-        self._pr_recall += curve_r
-        return {"precision": precision, "recall": recall, "f_measure": f_measure(precision, recall), "mae": error}
+        for key, value in values.items():
+            self._sums[key] = self._sums.get(key, 0.0) + value
+        return values
 
     def result(self) -> dict[str, float | int | list[float]]:
-        """Set averages: precision, recall, f_measure, mae, f_max, pr_precision, pr_recall, images."""
+        """Set averages under the protocol (module doc): reported_keys(protocol), images, PR curve."""
         if self.images == 0:
             raise ValueError("SetMetrics.result: no images were added")
         n = self.images
-        precision, recall = self._precision / n, self._recall / n
+        mean = {key: total / n for key, total in self._sums.items()}
+        if self.protocol == "ddff":
+            return {key: mean[key] for key in reported_keys("ddff")} | {"images": n}
         pr_precision, pr_recall = self._pr_precision / n, self._pr_recall / n
         return {
-            "precision": precision,
-            "recall": recall,
-            "f_measure": f_measure(precision, recall),
-            "mae": self._mae / n,
+            "precision": mean["precision"],
+            "recall": mean["recall"],
+            "f_measure": f_measure(mean["precision"], mean["recall"]),  # eq. 8 of the mean P, R
+            "f_measure_per_image": mean["f_measure"],
+            "mae": mean["mae"],
             "f_max": float(np.max(f_measure(pr_precision, pr_recall))),
             "pr_precision": pr_precision.tolist(),
             "pr_recall": pr_recall.tolist(),
             "images": n,
         }
+
+
+def _precision_recall(positive: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Precision and recall of the bool prediction `positive` against the bool mask `truth`."""
+    tp = np.count_nonzero(positive & truth)
+    return float(_ratio(tp, np.count_nonzero(positive))), float(_ratio(tp, np.count_nonzero(truth)))
+
+
+def _check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
 
 
 def _count_at_or_above(hist: np.ndarray) -> np.ndarray:

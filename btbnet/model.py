@@ -12,11 +12,13 @@ Module tree (these names are what checkpoints and `vgg16_to_btbnet` use):
     │   └── top_bottom: TopBottomStream
     │       └── steps[k]: FFIC                  k = 0…3, 256/128/64/1 channels
     ├── fnet: FNet                              eq. 2–4
-    └── rrnet: FNet | None                      eq. 5, applied rrnet_steps times
+    └── rrnet: RRNet | None                     eq. 5, applied rrnet_steps times
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -152,23 +154,39 @@ class BTBNet(nn.Module):
 
 
 class FNet(nn.Module):
-    """Fusion network (eq. 2–4): 3×3 convs with 64, 128, 64, 1 channels, ReLU between.
+    """Fusion network (eq. 2–4): N maps and the image → one fused logit map.
 
-    Used twice: as FNet on cat(M¹…Mᴺ, I) and, with its own weights, as RRNet on cat(M, I).
-    The maps enter as probabilities sigmoid(M) in [0, 1], the image normalised as the
-    backbone sees it; the output is a logit map, as eq. 4 has no ReLU.
+    F⁰ = cat(M¹…Mᴺ, I) (eq. 2), then 3×3 convs with 64, 128, 64, 1 channels, ReLU between
+    (eq. 3) and none after the last (eq. 4). The maps enter as probabilities sigmoid(Mⁿ) in
+    [0, 1], the image normalised as the backbone sees it; the output is a logit map.
     """
 
-    def __init__(self, c_in: int, config: BTBNetConfig):
+    def __init__(self, num_maps: int, config: BTBNetConfig):
         super().__init__()
         widths = [config.channels(c) for c in FRRNET_CHANNELS[:-1]] + [1]
-        self.convs = nn.ModuleList(conv3x3(a, b) for a, b in zip([c_in, *widths[:-1]], widths))
+        self.convs = nn.ModuleList(conv3x3(a, b) for a, b in zip([num_maps + 3, *widths[:-1]], widths))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, c_in, H, W] → [B, 1, H, W]
+    def forward(self, maps: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        # maps: N × [B, 1, H, W] logits, image: [B, 3, H, W] normalised → [B, 1, H, W] logits
+        x = torch.cat([torch.sigmoid(m) for m in maps] + [image], dim=1)  # F⁰: [B, N + 3, H, W]
         for conv in self.convs[:-1]:
             x = F.relu(conv(x), inplace=True)
         return self.convs[-1](x)
+
+
+class RRNet(FNet):
+    """Recurrent reconstruction network (eq. 5): FNet's architecture with its own weights,
+    applied `steps` times to (map, image), each output the next step's input map."""
+
+    def __init__(self, config: BTBNetConfig, steps: int):
+        super().__init__(num_maps=1, config=config)
+        self.steps = steps
+
+    def forward(self, m: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        # m: [B, 1, H, W] logits of M̂ᶠ → M_final, same shape (R ∘ R ∘ … ∘ R, shared weights)
+        for _ in range(self.steps):
+            m = super().forward([m], image)
+        return m
 
 
 class MultiStreamBTBNet(nn.Module):
@@ -181,8 +199,8 @@ class MultiStreamBTBNet(nn.Module):
         super().__init__()
         self.config = config
         self.streams = nn.ModuleList(BTBNet(config) for _ in config.scales)
-        self.fnet = FNet(len(config.scales) + 3, config)
-        self.rrnet = FNet(1 + 3, config) if config.rrnet_steps > 0 else None
+        self.fnet = FNet(len(config.scales), config)
+        self.rrnet = RRNet(config, config.rrnet_steps) if config.rrnet_steps > 0 else None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         init_weights(self)
@@ -194,9 +212,9 @@ class MultiStreamBTBNet(nn.Module):
         for scale, stream in zip(self.config.scales, self.streams):
             scaled = resize(x, scaled_size(size, scale))  # Iⁿ: [B, 3, h_n, w_n]
             maps.append(resize(stream(scaled), size))  # Mⁿ: [B, 1, H, W]
-        m = self.fnet(torch.cat([torch.sigmoid(m) for m in maps] + [x], dim=1))  # M̂ᶠ: [B, 1, H, W]
-        for _ in range(self.config.rrnet_steps):
-            m = self.rrnet(torch.cat([torch.sigmoid(m), x], dim=1))  # eq. 5: R ∘ R ∘ … (shared weights)
+        m = self.fnet(maps, x)  # M̂ᶠ: [B, 1, H, W]
+        if self.rrnet is not None:
+            m = self.rrnet(m, x)  # M_final: [B, 1, H, W]
         return Prediction(final=m, streams=maps)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
@@ -218,6 +236,18 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the block's duration, then every submodule's own previous mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def init_weights(model: nn.Module) -> None:

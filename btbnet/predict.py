@@ -7,20 +7,20 @@ the paper binarises at every integer threshold for its PR curves (section 4.2).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from .checkpoint import unwrap
 from .data import list_images, load_rgb, to_tensor
+from .images import check_image, fit_within
+from .io import save_png
+from .model import eval_mode
 
 # Third panel of `overlay`: blurred pixels are blended towards this colour, by this much.
 BLUR_TINT = np.array([20, 50, 150], dtype=np.float32)  # dark blue
@@ -57,28 +57,9 @@ def predict_map(
     return prob_to_uint8(prob[0, 0])
 
 
-def fit_within(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
-    """(h, w) scaled so that max(h, w) ≤ max_size, aspect ratio kept; unchanged if it fits."""
-    h, w = size
-    if max_size is None or max(h, w) <= max_size:
-        return h, w
-    scale = max_size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
 def prob_to_uint8(prob: torch.Tensor) -> np.ndarray:
     """Probabilities [H, W] in [0, 1] → uint8 [H, W], 1.0 ↦ 255 (rounded)."""
     return prob.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def overlay(image: np.ndarray, focus_map: np.ndarray) -> np.ndarray:
@@ -93,8 +74,7 @@ def overlay(image: np.ndarray, focus_map: np.ndarray) -> np.ndarray:
 
     image: uint8 [H, W, 3] RGB; focus_map: uint8 [H, W], 255 = in focus.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image: expected a uint8 array [H, W, 3], got {image.dtype} {list(image.shape)}")
+    check_image(image)
     if focus_map.shape != image.shape[:2] or focus_map.dtype != np.uint8:
         raise ValueError(
             f"focus_map: expected uint8 {list(image.shape[:2])} like the image, "
@@ -185,17 +165,3 @@ def plan_outputs(files: list[Path], out_dir: Path, overlay: bool) -> list[tuple[
             claimed[out] = source
         jobs.append((source, map_path, overlay_path))
     return jobs
-
-
-def save_png(array: np.ndarray, path: Path) -> Path:
-    """Write uint8 [H, W] (mode "L") or [H, W, 3] (RGB) as PNG, atomically (temp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not tempfile.mkstemp: its files are private (0600), the maps get the usual permissions
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

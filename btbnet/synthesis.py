@@ -9,14 +9,23 @@ Odd sizes: the blurred half is always the floor half, H // 2 rows or W // 2 colu
 in-focus half gets the middle row or column. For "up" the blurred half is rows [0, H // 2),
 for "down" rows [H - H // 2, H), and likewise for "left" / "right" with columns.
 
-Masks follow the project convention: 255 = in focus, 0 = blurred.
+Masks follow the project convention: 255 = in focus, 0 = blurred. On disk the set is
+``<out>/image/<source>_<direction>_<level>.png`` with its mask at ``<out>/gt/<same>.png``
+(`write_samples`), the layout `btbnet.data.PairDataset` reads.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from .data import DataError, list_images, load_rgb
+from .images import check_image, shrink_to
+from .io import save_png
 
 DIRECTIONS: tuple[str, ...] = ("up", "down", "left", "right")  # the half that is blurred
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)  # applications of the 7×7, σ = 2 Gaussian
@@ -33,10 +42,6 @@ class Sample(NamedTuple):
     direction: str  # which half is blurred, one of DIRECTIONS
     level: int  # number of Gaussian applications, one of LEVELS
 
-    def name(self, stem: str) -> str:
-        """File stem of this sample for source image `stem`, see `sample_name`."""
-        return sample_name(stem, self.direction, self.level)
-
 
 def sample_name(stem: str, direction: str, level: int) -> str:
     """Stem of a simulated sample, e.g. ``sample_name("beach", "up", 3) == "beach_up_3"``."""
@@ -47,43 +52,15 @@ def sample_name(stem: str, direction: str, level: int) -> str:
     return f"{stem}_{direction}_{level}"
 
 
-def gaussian_kernel(size: int = KERNEL_SIZE, sigma: float = KERNEL_SIGMA) -> np.ndarray:
-    """The normalised 2-D Gaussian window, [size, size] float64 summing to 1.
-
-    It is the outer product of `_gaussian_1d(size, sigma)` with itself, which is why `blur`
-    can apply it as two 1-D passes.
-    """
-    g = _gaussian_1d(size, sigma)
-    return np.outer(g, g)
-
-
 def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian taps [size] float64, centred on the middle tap."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
-        raise ValueError(f"size: must be an odd integer >= 1, got {size!r}")
-    if not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma: must be a number > 0, got {sigma!r}")
+    """Normalised 1-D Gaussian taps [size] float64, centred on the middle tap.
+
+    The 7×7 window of section 4.1 is the outer product of these taps with themselves, which is
+    why one application is two 1-D passes (`_blur_once`).
+    """
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
     g = np.exp(-(x**2) / (2.0 * sigma**2))
     return g / g.sum()
-
-
-def blur(image: np.ndarray, times: int) -> np.ndarray:
-    """`image` [H, W, 3] uint8 smoothed `times` times by the 7×7, σ = 2 Gaussian → uint8.
-
-    Each application is separable (a vertical then a horizontal 1-D pass) with reflect
-    padding (the edge pixel is not repeated, ``np.pad(mode="reflect")``, OpenCV's default
-    BORDER_REFLECT_101). All passes run in float64 and the result is rounded to uint8 once,
-    at the end, so repeated blurring does not accumulate rounding error. ``times == 0``
-    returns a copy.
-    """
-    _check_image(image)
-    if isinstance(times, bool) or not isinstance(times, (int, np.integer)) or times < 0:
-        raise ValueError(f"times: must be an integer >= 0, got {times!r}")
-    smooth = image.astype(np.float64)
-    for _ in range(times):
-        smooth = _blur_once(smooth)
-    return _to_uint8(smooth)
 
 
 def synthesize(image: np.ndarray) -> list[Sample]:
@@ -91,9 +68,14 @@ def synthesize(image: np.ndarray) -> list[Sample]:
 
     Ordered direction-major: up 1…5, down 1…5, left 1…5, right 1…5. Pure and
     deterministic: the same input gives byte-identical samples. The in-focus half is the
-    input's bytes; the blurred half equals ``blur(image, level)`` there.
+    input's bytes; the blurred half is the whole image smoothed `level` times there.
+
+    Each smoothing is separable (a vertical then a horizontal 1-D pass) with reflect padding
+    (the edge pixel is not repeated, ``np.pad(mode="reflect")``, OpenCV's default
+    BORDER_REFLECT_101). All passes run in float64 and each level is rounded to uint8 once,
+    so repeated blurring does not accumulate rounding error.
     """
-    _check_image(image)
+    check_image(image, min_side=2)
     blurred = _blur_levels(image)  # level → [H, W, 3] uint8
     samples = []
     for direction in DIRECTIONS:
@@ -106,7 +88,7 @@ def synthesize(image: np.ndarray) -> list[Sample]:
 
 
 def _blur_levels(image: np.ndarray) -> dict[int, np.ndarray]:
-    """``{level: blur(image, level)}`` for every level, sharing the float passes."""
+    """``{level: image smoothed level times}`` for every level, sharing the float passes."""
     smooth = image.astype(np.float64)
     levels = {}
     for level in range(1, max(LEVELS) + 1):
@@ -156,11 +138,64 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def _check_image(image: np.ndarray) -> None:
-    """Raise ValueError unless `image` is a uint8 [H, W, 3] array with H, W >= 2."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image: expected a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image: expected uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ValueError(f"image: must be at least 2×2 pixels, got {image.shape[0]}×{image.shape[1]}")
+# --- the synthetic data set on disk ---------------------------------------------------------
+
+
+class Source(NamedTuple):
+    """A clear source image and the name its samples are filed under."""
+
+    path: Path
+    name: str
+
+
+def find_sources(root: str | Path, folders: Sequence[str]) -> list[Source]:
+    """Every image under `root / folder` (searched recursively), for each folder in order.
+
+    Names are the image's path below its folder with separators as "-" (BSDS500's
+    ``train/2092.jpg`` → ``train-2092``), prefixed by the folder (``bsds500-train-2092``) when
+    several folders are given, so they are unique and stable across runs. A clash, an empty
+    folder or a missing one raises DataError naming it.
+    """
+    root = Path(root)
+    sources: list[Source] = []
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        prefix = "" if len(folders) == 1 else _safe(folder) + "-"
+        base = root / folder
+        for path in list_images(base, recursive=True):
+            name = prefix + _safe(str(path.relative_to(base).with_suffix("")))
+            if name in seen:
+                raise DataError(f"{path}: its sample name {name!r} clashes with {seen[name]}")
+            seen[name] = path
+            sources.append(Source(path, name))
+    return sources
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")
+
+
+def sample_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """Where a sample goes: ``out_dir/image/<stem>.png`` and ``out_dir/gt/<stem>.png``."""
+    return out_dir / "image" / f"{stem}.png", out_dir / "gt" / f"{stem}.png"
+
+
+def write_samples(source: Source, out_dir: str | Path, max_size: int | None = None) -> tuple[int, int]:
+    """Synthesise one source's 20 samples into `out_dir` (PNG, masks 255 = in focus).
+
+    The source is first shrunk (bicubic) so its longer side is at most `max_size` (None: kept).
+    Returns (samples written, bytes written); a bad source raises DataError naming it.
+    """
+    out_dir = Path(out_dir)
+    try:
+        image = shrink_to(load_rgb(source.path), max_size)
+        samples = synthesize(image)
+    except ValueError as exc:  # DataError is a ValueError; a too-small image is one too
+        raise DataError(str(exc) if str(source.path) in str(exc) else f"{source.path}: {exc}") from None
+    written = 0
+    for sample in samples:
+        image_path, mask_path = sample_paths(out_dir, sample_name(source.name, sample.direction, sample.level))
+        save_png(sample.image, image_path, atomic=False)
+        save_png(sample.mask, mask_path, atomic=False)
+        written += image_path.stat().st_size + mask_path.stat().st_size
+    return len(samples), written

@@ -12,16 +12,14 @@ works as is (its gradients are synchronised in `backward`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .checkpoint import unwrap
-from .config import ConfigError, from_mapping
+from .config import ConfigError, check_int, check_number
 from .losses import REDUCTIONS, loss_terms
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
@@ -35,10 +33,10 @@ class OptimConfig:
     lr_backbone:     SGD learning rate of the VGG16 backbones.
     lr_new:          learning rate of the randomly initialised layers.
     momentum:        SGD momentum, in [0, 1).
-    weight_decay:    L2 penalty (SGD's weight_decay), ≥ 0.
+    weight_decay:    L2 penalty (SGD's weight_decay), >= 0.
     aux_weight:      αₙ of eq. 7: one number for every stream, or one per stream.
-    loss_reduction:  "mean" (over pixels and batch) or "sum" (Caffe: sum over pixels,
-                     mean over batch); see `btbnet.losses`.
+    loss_reduction:  "mean" (over pixels and batch) or "sum" (over pixels, mean over the
+                     batch); see `btbnet.losses`.
     """
 
     lr_backbone: float = 1e-4
@@ -50,38 +48,40 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         for key in ("lr_backbone", "lr_new", "weight_decay"):
-            _check_number(key, getattr(self, key), low=0.0)
-        _check_number("momentum", self.momentum, low=0.0, high=1.0)
+            check_number(key, getattr(self, key), low=0.0)
+        check_number("momentum", self.momentum, low=0.0, high=1.0)
         if isinstance(self.aux_weight, (list, tuple)):
             object.__setattr__(self, "aux_weight", tuple(self.aux_weight))
             if not self.aux_weight:
                 raise ConfigError("aux_weight: must be a number or a non-empty list of numbers, got []")
             for a in self.aux_weight:
-                _check_number("aux_weight", a, low=0.0)
+                check_number("aux_weight", a, low=0.0)
         else:
-            _check_number("aux_weight", self.aux_weight, low=0.0)
+            check_number("aux_weight", self.aux_weight, low=0.0)
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"loss_reduction: must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if isinstance(self.aux_weight, tuple):
-            d["aux_weight"] = list(self.aux_weight)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "OptimConfig":
-        return from_mapping(cls, d, "optimiser setting")
+@dataclass(frozen=True)
+class LoopConfig:
+    """Length and batching of a training run.
 
+    epochs:               passes over the data set.
+    batch_size:           images per optimiser step, over all workers together.
+    max_steps_per_epoch:  cut each epoch after this many steps (None: the whole data set).
+    seed:                 initialisation, data order and augmentation draws.
+    """
 
-def _check_number(key: str, value: Any, low: float, high: float | None = None) -> None:
-    """ConfigError naming `key` unless low ≤ value (< high), a finite real number."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        bound = f"in [{low:g}, {high:g})" if high is not None else f"a number >= {low:g}"
-        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+    epochs: int = 1
+    batch_size: int = 1
+    max_steps_per_epoch: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("max_steps_per_epoch", self.max_steps_per_epoch, 1, allow_none=True)
+        check_int("seed", self.seed, 0)
 
 
 def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
@@ -149,33 +149,6 @@ def train_epoch(
     if not totals.weight:
         raise ValueError("loader: yielded no batches")
     return totals.mean()
-
-
-def evaluate_loss(
-    model: nn.Module,
-    loader: Iterable[Batch],
-    config: OptimConfig,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Validation loss: the per-sample mean of eq. 7's total over `loader`, without gradients.
-
-    The model runs in eval mode; its previous mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    totals = _RunningMean()
-    try:
-        with torch.no_grad():
-            for step, batch in enumerate(loader):
-                images, masks = to_device(batch, device)
-                terms = loss_terms(model(images), masks, config.aux_weight, config.loss_reduction)
-                check_finite(terms, step)
-                totals.add({"total": float(terms["total"])}, weight=images.shape[0])
-    finally:
-        model.train(was_training)
-    if not totals.weight:
-        raise ValueError("loader: yielded no batches")
-    return totals.mean()["total"]
 
 
 def to_device(batch: Batch, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,32 +1,39 @@
-"""Stage `finetune`: continue from models/pretrain.pt on Shi's training set (section 4.1).
+"""Stage `finetune`: continue from the pre-trained model on Shi's training set (section 4.1).
 
-The architecture comes with the pre-trained checkpoint; the data set is `finetune.data`
-(image/ + gt/, mask polarity `finetune.polarity`), with the 16× augmentation.
+Reads: the recipe `train` with this stage's overrides, `finetune` (the data set `data` with
+image/ + gt/ and its mask `polarity`, outputs) and `pretrain.model` (its input). The
+architecture is the pre-trained checkpoint's, read from it before any worker starts.
 """
 
 from __future__ import annotations
 
-import btbnet
+from btbnet.checkpoint import read_config
+from btbnet.data import POLARITIES
 
 from . import stage
-from .params import as_dict, load_params, resolve
-from .training import train_stage
+from .params import Params, ParamsError, resolve
+from .training import StageSpec, check_keys, train_config, train_stage
+
+NAME = "finetune"
 
 
-def run() -> None:
-    params = load_params()
-    t = params.finetune
-    init = resolve(params.pretrain.model)
-    config = btbnet.load_checkpoint(init).config  # readable before any worker starts
-    train_stage(
-        "finetune",
-        t,
-        data=resolve(t.data),
-        polarity=t.polarity,
-        logged_params={"model": config.to_dict(), "finetune": as_dict(t)},
+def configure(params: Params) -> StageSpec:
+    check_keys(params, NAME, ("data", "polarity", "model", "metrics"))
+    own = params[NAME]
+    init = resolve(params["pretrain"]["model"])
+    if own["polarity"] not in POLARITIES:
+        raise ParamsError(f"{NAME}.polarity: must be one of {POLARITIES}, got {own['polarity']!r}")
+    return StageSpec(
+        name=NAME,
+        data=resolve(own["data"]),
+        polarity=own["polarity"],
+        out=resolve(own["model"]),
+        metrics=resolve(own["metrics"]),
+        train=train_config(params, NAME),
+        model=read_config(init),
         init_checkpoint=init,
     )
 
 
 if __name__ == "__main__":
-    stage.main("finetune", run)
+    stage.main(NAME, configure, train_stage)

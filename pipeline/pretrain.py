@@ -1,29 +1,46 @@
 """Stage `pretrain`: train BTBNet + FNet + RRNet jointly on the synthetic set (section 4.1).
 
-The backbones start from ImageNet VGG16 when `model.vgg16_weights` is set (section 3.3),
-the new layers at random; Ray Train runs DDP over `pretrain.num_workers` workers.
+Reads: `scales`, `rrnet_steps` and `model` (→ `btbnet.BTBNetConfig`), the recipe `train` with
+this stage's overrides, `pretrain` (outputs, `vgg16_weights`) and `synthesize.out_dir` (its data).
+The backbones start from ImageNet VGG16 when `pretrain.vgg16_weights` is set (section 3.3),
+the new layers at random; Ray Train runs DDP over `ray.num_workers` workers.
 """
 
 from __future__ import annotations
 
+from btbnet.config import BTBNetConfig, ConfigError, from_mapping
+
 from . import stage
-from .params import as_dict, load_params, resolve
-from .training import train_stage
+from .params import Params, ParamsError, resolve
+from .training import StageSpec, check_keys, train_config, train_stage
+
+NAME = "pretrain"
 
 
-def run() -> None:
-    params = load_params()
-    config = params.model_config()
-    train_stage(
-        "pretrain",
-        params.pretrain,
-        data=resolve(params.synthesize.out_dir),
+def configure(params: Params) -> StageSpec:
+    check_keys(params, NAME, ("model", "metrics", "vgg16_weights"))
+    own = params[NAME]
+    return StageSpec(
+        name=NAME,
+        data=resolve(params["synthesize"]["out_dir"]),
         polarity="in_focus",  # the synthesize stage writes 255 = in focus
-        logged_params={"model": config.to_dict(), "vgg16_weights": params.model.vgg16_weights, "pretrain": as_dict(params.pretrain)},
-        model_config=config,
-        vgg16_weights=params.model.vgg16_weights,
+        out=resolve(own["model"]),
+        metrics=resolve(own["metrics"]),
+        train=train_config(params, NAME),
+        model=model_config(params),
+        vgg16_weights=own["vgg16_weights"] if "vgg16_weights" in own else None,
     )
 
 
+def model_config(params: Params) -> BTBNetConfig:
+    """`BTBNetConfig` from the `model` section and the top-level `scales` and `rrnet_steps`."""
+    values = {**params["model"], "scales": params["scales"], "rrnet_steps": params["rrnet_steps"]}
+    try:
+        return from_mapping(BTBNetConfig, values)
+    except ConfigError as exc:
+        top_level = str(exc).startswith(("scales", "rrnet_steps"))
+        raise ParamsError(("" if top_level else "model.") + str(exc)) from None
+
+
 if __name__ == "__main__":
-    stage.main("pretrain", run)
+    stage.main(NAME, configure, train_stage)

@@ -1,26 +1,31 @@
-"""What every stage shares: error reporting, all-or-nothing outputs, Ray start-up."""
+"""What every stage shares: `configure` then `run`, one-line errors, all-or-nothing outputs."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
 import sys
-import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, TypeVar
 
-from btbnet import ConfigError
+from btbnet.config import ConfigError
 from btbnet.data import DataError
+from btbnet.io import atomic_output, remove
 
-from .params import REPO_ROOT
+from .params import REPO_ROOT, Params, load_params
+
+C = TypeVar("C")
 
 
-def main(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage; bad input ends it with `<stage>: error: <message>` and exit code 2."""
+def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None]) -> None:
+    """Read params.yaml, build the stage's config, run it.
+
+    Bad input ends the stage with `<stage>: error: <message>` on stderr and exit code 2.
+    """
     try:
-        body()
+        run(configure(load_params()))
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -28,29 +33,18 @@ def main(stage: str, body: Callable[[], None]) -> None:
 
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """A staging path beside `out`, moved onto `out` only if the block succeeds.
+    """A staging path for `out`, moved onto it only if the block succeeds.
 
-    DVC caches outs by content: a failed stage must leave nothing there, half-written or old.
+    `out` is deleted first: DVC caches outs by content, so a failed stage must leave nothing
+    there, neither half-written nor old.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     remove(out)
-    try:
+    with atomic_output(out) as tmp:
         yield tmp
-        os.replace(tmp, out)
-    finally:
-        remove(tmp)
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Any) -> None:
-    with staged(path) as tmp:
+    with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -62,7 +56,6 @@ def init_ray() -> None:
     """
     import ray
 
-    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     if ray.is_initialized():
         return
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}

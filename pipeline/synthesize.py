@@ -1,56 +1,58 @@
 """Stage `synthesize`: the paper's simulated pre-training set (section 4.1), on Ray Data.
 
-Each clear source image gives 20 samples (4 blurred halves × 5 Gaussian levels), written as
-`<out_dir>/image/<name>_<direction>_<level>.png` and `<out_dir>/gt/<same>.png` (255 = in focus).
-Files are written by us inside `map_batches` and named from the input, so identical params give
-byte-identical outputs (DVC caches by content). The 16× rotation/flip augmentation is applied
-at load time by the training stages (see README: disk budget).
+Reads `synthesize`. Each clear source image gives 20 samples (4 blurred halves × 5 Gaussian
+levels, `btbnet.synthesis`), written as `<out_dir>/image/<name>_<direction>_<level>.png` and
+`<out_dir>/gt/<same>.png` (255 = in focus). Files are written by `btbnet.synthesis.write_samples`
+inside `map_batches` and named from the input, so identical params give byte-identical outputs
+(DVC caches by content). The 16× rotation/flip augmentation is applied at load time by the
+training stages (README, "Design notes": augmentation at load time).
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 import mlflow  # pipeline/__init__ has set its environment
+import numpy as np
 
 from btbnet.augment import NUM_AUGMENTATIONS
-from btbnet.data import DataError, list_images, load_rgb
-from btbnet.predict import fit_within
-from btbnet.synthesis import DIRECTIONS, LEVELS, sample_name, synthesize
+from btbnet.config import check_int, to_dict
+from btbnet.data import DataError, load_rgb
+from btbnet.synthesis import DIRECTIONS, LEVELS, Source, find_sources, sample_name, sample_paths, write_samples
 
 from . import stage
 from .figures import image_grid
-from .params import SynthesizeParams, as_dict, load_params, resolve
+from .params import Params, ParamsError, resolve
 from .tracking import stage_run
 
-PNG_OPTIONS = {"format": "PNG", "compress_level": 6}
+NAME = "synthesize"
 
 
-def source_items(s: SynthesizeParams) -> list[dict[str, str]]:
-    """(path, name) of every source image; names are unique and stable across runs."""
-    root = resolve(s.source_root)
-    items, seen = [], {}
-    for folder in s.sources:
-        prefix = "" if len(s.sources) == 1 else re.sub(r"[^A-Za-z0-9]+", "-", folder).strip("-") + "-"
-        for path in list_images(root / folder):
-            name = prefix + path.stem
-            if name in seen:
-                raise DataError(f"{path}: its name {name!r} clashes with {seen[name]}")
-            seen[name] = path
-            items.append({"path": str(path), "name": name})
-    return items
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    """source_root: the folder holding every source folder (the stage's DVC dependency);
+    sources: folders of clear images below it, searched recursively; max_size: sources are
+    shrunk so their longer side is at most this (None: kept); blocks_per_cpu: Ray Data blocks
+    per available CPU."""
+
+    source_root: str
+    sources: tuple[str, ...]
+    out_dir: str
+    metrics: str
+    max_size: int | None = None
+    blocks_per_cpu: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ParamsError("sources: must list at least one folder")
+        check_int("max_size", self.max_size, 8, allow_none=True)
+        check_int("blocks_per_cpu", self.blocks_per_cpu, 1)
 
 
-def resize_to_max(image: np.ndarray, max_size: int | None) -> np.ndarray:
-    h, w = fit_within(image.shape[:2], max_size)
-    if (h, w) == image.shape[:2]:
-        return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+def configure(params: Params) -> SynthesizeConfig:
+    return params.build(SynthesizeConfig, NAME)
 
 
 class WriteSamples:
@@ -63,33 +65,45 @@ class WriteSamples:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows: dict[str, list[Any]] = {"name": [], "samples": [], "bytes": [], "error": []}
         for path, name in zip(batch["path"], batch["name"]):
-            written, error = [], ""
+            samples, size, error = 0, 0, ""
             try:
-                image = resize_to_max(load_rgb(path), self.max_size)
-                for sample in synthesize(image):
-                    stem = sample_name(name, sample.direction, sample.level)
-                    written += [self.out_dir / "image" / f"{stem}.png", self.out_dir / "gt" / f"{stem}.png"]
-                    Image.fromarray(sample.image).save(written[-2], **PNG_OPTIONS)
-                    Image.fromarray(sample.mask).save(written[-1], **PNG_OPTIONS)
-            except (DataError, ValueError) as exc:
-                error = f"{path}: {exc}" if str(path) not in str(exc) else str(exc)
-            rows["name"].append(name)
-            rows["samples"].append(len(written) // 2)
-            rows["bytes"].append(sum(p.stat().st_size for p in written if p.exists()))
-            rows["error"].append(error)
+                samples, size = write_samples(Source(Path(path), name), self.out_dir, self.max_size)
+            except DataError as exc:
+                error = str(exc)
+            for key, value in zip(rows, (name, samples, size, error)):
+                rows[key].append(value)
         return rows
 
 
-def run() -> None:
-    params = load_params()
-    s = params.synthesize
-    items = source_items(s)
+def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list[dict[str, Any]]:
+    """Synthesise every source in parallel on Ray Data; one result row per source."""
+    import ray
+
+    stage.init_ray()
+    blocks = min(len(sources), max(1, int(ray.available_resources().get("CPU", 1)) * s.blocks_per_cpu))
+    items = [{"path": str(src.path), "name": src.name} for src in sources]
+    return (
+        ray.data.from_items(items, override_num_blocks=blocks)
+        .map_batches(WriteSamples, fn_constructor_args=(str(staging), s.max_size), batch_size=1, concurrency=(1, blocks))
+        .take_all()
+    )
+
+
+def preview(out: Path, name: str) -> np.ndarray:
+    """The 20 samples of one source: a row per direction, a column per level."""
+    return image_grid(
+        [[load_rgb(sample_paths(out, sample_name(name, d, lv))[0]) for lv in LEVELS] for d in DIRECTIONS]
+    )
+
+
+def run(s: SynthesizeConfig) -> None:
+    sources = find_sources(resolve(s.source_root), s.sources)
     out = resolve(s.out_dir)
-    with stage_run("synthesize", {"synthesize": as_dict(s)}):
+    with stage_run(NAME, {NAME: to_dict(s)}):
         with stage.staged(out) as staging:
             for sub in ("image", "gt"):
                 (staging / sub).mkdir(parents=True)
-            rows = write_samples(items, staging, s)
+            rows = write_all(sources, staging, s)
             errors = sorted(r["error"] for r in rows if r["error"])
             if errors:  # raised inside `staged`: the partial set is discarded, never moved to `out`
                 raise DataError(errors[0] + (f" (and {len(errors) - 1} more bad sources)" if len(errors) > 1 else ""))
@@ -103,29 +117,9 @@ def run() -> None:
         stage.write_json(resolve(s.metrics), metrics)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(resolve(s.metrics)))
-        mlflow.log_image(preview(out, items[0]["name"]), "samples.png")
+        mlflow.log_image(preview(out, sources[0].name), "samples.png")
     print(f"synthesize: {samples} samples from {len(rows)} sources, {metrics['bytes'] / 1e6:.1f} MB in {out}")
 
 
-def write_samples(items: list[dict[str, str]], staging: Path, s: SynthesizeParams) -> list[dict[str, Any]]:
-    """Synthesise every source in parallel on Ray Data; one result row per source."""
-    import ray
-
-    stage.init_ray()
-    blocks = min(len(items), max(1, int(ray.available_resources().get("CPU", 1)) * s.blocks_per_cpu))
-    return (
-        ray.data.from_items(items, override_num_blocks=blocks)
-        .map_batches(WriteSamples, fn_constructor_args=(str(staging), s.max_size), batch_size=1, concurrency=(1, blocks))
-        .take_all()
-    )
-
-
-def preview(out: Path, name: str) -> np.ndarray:
-    """The 20 samples of one source: a row per direction, a column per level."""
-    return image_grid(
-        [[np.asarray(Image.open(out / "image" / f"{sample_name(name, d, lv)}.png")) for lv in LEVELS] for d in DIRECTIONS]
-    )
-
-
 if __name__ == "__main__":
-    stage.main("synthesize", run)
+    stage.main(NAME, configure, run)

@@ -1,9 +1,15 @@
 """The Ray Train job shared by pretrain and finetune (section 4.1's recipe, DDP on Ray).
 
+Settings: params.yaml's `train:` section is the recipe both stages share, in four blocks that
+map onto config classes as they are: `optim` → `btbnet.train.OptimConfig`, `loop` →
+`btbnet.train.LoopConfig`, `input` → `btbnet.data.InputConfig`, `ray` → `RayConfig` below. A
+stage's own section may hold any of these blocks too; its keys override the shared ones.
+
 Each worker builds the model (or loads the stage's initial checkpoint), wraps it in DDP with
-`prepare_model`, reads its shard of the (image, mask) folder through a DistributedSampler and
-runs `btbnet.train.train_epoch`. After every epoch rank 0 alone saves a checkpoint, reports it
-to Ray Train and logs the losses to the stage's MLflow run; the other ranks report metrics only.
+`prepare_model`, reads its shard of the (image, mask) folder through a DistributedSampler
+seeded with `loop.seed` and runs `btbnet.train.train_epoch`. After every epoch rank 0 alone
+saves a checkpoint, reports it to Ray Train and logs the losses to the stage's MLflow run;
+the other ranks report metrics only.
 
 Every Ray Train run gets a fresh directory under `.ray_runs/` (Ray Train silently resumes from
 an existing run with the same name); it is deleted once the final model is copied out.
@@ -15,110 +21,180 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
-from btbnet import BTBNetConfig
+from btbnet.checkpoint import load_checkpoint, save_checkpoint
+from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, deep_merge, from_mapping, to_dict
+from btbnet.data import InputConfig, PairDataset
+from btbnet.model import FocusMap, build_model
+from btbnet.train import LoopConfig, OptimConfig, make_optimizer, train_epoch
 
 from . import stage
 from .figures import plot_lines
-from .params import REPO_ROOT, TrainParams, resolve
-from .tracking import log_model, stage_run, tracking_uri
+from .params import REPO_ROOT, Params, ParamsError
+from .tracking import MetricLogger, stage_run, tracking_uri
 
 RAY_RUNS = REPO_ROOT / ".ray_runs"
 
 
 @dataclass(frozen=True)
-class TrainJob:
-    """Everything a worker needs; plain values, absolute paths (workers run elsewhere)."""
+class RayConfig:
+    """How a training stage runs on Ray Train.
 
-    stage: str
-    data: str
-    polarity: str
-    train: TrainParams
-    model_config: dict[str, Any] | None  # build this model …
-    init_checkpoint: str | None  # … or start from this checkpoint
-    vgg16_weights: str | None
-    mlflow_uri: str
-    mlflow_run_id: str
+    num_workers:      DDP workers (one process each); the batch is split evenly over them.
+    cpus_per_worker:  CPUs Ray reserves per worker; below 1 lets Ray Data and Train share cores.
+    use_gpu:          one GPU per worker (NCCL) instead of CPU (gloo).
+    loader_workers:   DataLoader worker processes per Train worker (0: load in the worker).
+    """
+
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    loader_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("num_workers", self.num_workers, 1)
+        check_number("cpus_per_worker", self.cpus_per_worker, 0.0, low_open=True)
+        check_int("loader_workers", self.loader_workers, 0)
 
 
-def train_loop_per_worker(job_dict: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole recipe of one training stage (see the module doc for where each block comes from)."""
+
+    optim: OptimConfig
+    loop: LoopConfig
+    input: InputConfig
+    ray: RayConfig
+
+    def __post_init__(self) -> None:
+        if self.loop.batch_size % self.ray.num_workers:
+            raise ConfigError(
+                f"loop.batch_size: {self.loop.batch_size} is not divisible by ray.num_workers={self.ray.num_workers}"
+            )
+        if self.input.image_size is None and self.loop.batch_size != self.ray.num_workers:
+            raise ConfigError("input.image_size: null (native sizes) needs loop.batch_size 1 per worker")
+
+
+BLOCKS = ("optim", "loop", "input", "ray")
+
+
+def train_config(params: Params, name: str) -> TrainConfig:
+    """`train:` with the blocks of section `name` merged over it; errors name the key."""
+    shared, own = params["train"], params[name]
+    blocks = {}
+    for block in BLOCKS:
+        source = name if block in own else "train"
+        merged = deep_merge(dict(shared[block]) if block in shared else {}, dict(own[block]) if block in own else {})
+        blocks[block] = merged, f"{source}.{block}."
+    unknown = sorted(set(shared) - set(BLOCKS))
+    if unknown:
+        raise ParamsError(f"train.{unknown[0]}: unknown key (known: {list(BLOCKS)})")
+    classes = {"optim": OptimConfig, "loop": LoopConfig, "input": InputConfig, "ray": RayConfig}
+    built = {block: from_mapping(classes[block], d, prefix) for block, (d, prefix) in blocks.items()}
+    try:
+        return TrainConfig(**built)
+    except ConfigError as exc:
+        raise ParamsError(f"{name}.{exc}") from None
+
+
+def check_keys(params: Params, name: str, allowed: tuple[str, ...]) -> None:
+    """ParamsError naming the first key of section `name` that is neither allowed nor a block."""
+    unknown = sorted(set(params[name]) - set(allowed) - set(BLOCKS))
+    if unknown:
+        raise ParamsError(f"{name}.{unknown[0]}: unknown key (known: {sorted(allowed + BLOCKS)})")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything one training stage needs; absolute paths (Ray workers run elsewhere)."""
+
+    name: str
+    data: Path  # image/ + gt/
+    polarity: str  # what white means in data's masks
+    out: Path  # the final checkpoint
+    metrics: Path
+    train: TrainConfig
+    model: BTBNetConfig  # the architecture (for finetune: the pre-trained checkpoint's)
+    init_checkpoint: Path | None = None  # start from these weights …
+    vgg16_weights: str | None = None  # … or from ImageNet VGG16 backbones (section 3.3), or random
+
+
+def make_loader(dataset: PairDataset, train: TrainConfig, rank: int, world: int) -> DataLoader:
+    """Rank `rank`'s shard of `dataset`, in an order fixed by `loop.seed` and the epoch.
+
+    The sampler is ours (seeded), and Ray's `prepare_data_loader` is told not to replace it.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=train.loop.seed)
+    return DataLoader(
+        dataset, batch_size=train.loop.batch_size // world, sampler=sampler, num_workers=train.ray.loader_workers
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    import torch
-    from torch.utils.data import DataLoader
 
-    import btbnet
-    from btbnet.data import PairDataset
-    from btbnet.train import make_optimizer, train_epoch
-
-    from .tracking import MetricLogger
-
-    job = TrainJob(**{**job_dict, "train": TrainParams(**job_dict["train"])})
-    t = job.train
+    spec: StageSpec = config["spec"]
+    t = spec.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(t.seed + rank)
+    torch.manual_seed(t.loop.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    np.random.seed(t.loop.seed + rank)
 
-    if job.init_checkpoint:
-        model = btbnet.load_checkpoint(job.init_checkpoint).train()
+    if spec.init_checkpoint:
+        model = load_checkpoint(spec.init_checkpoint).train()
     else:
-        model = btbnet.build_model(BTBNetConfig.from_dict(job.model_config), vgg16_weights=job.vgg16_weights)
+        model = build_model(spec.model, vgg16_weights=spec.vgg16_weights)
     model = ray.train.torch.prepare_model(model)
-    optimizer = make_optimizer(model, t.optim())
+    optimizer = make_optimizer(model, t.optim)
 
-    dataset = PairDataset(job.data, polarity=job.polarity, size=t.image_size, augment=t.augment)
-    generator = torch.Generator().manual_seed(t.seed)
-    loader = DataLoader(
-        dataset, batch_size=t.batch_size // world, shuffle=True, generator=generator, num_workers=t.loader_workers
-    )
-    loader = ray.train.torch.prepare_data_loader(loader)
+    loader = make_loader(t.input.dataset(spec.data, spec.polarity), t, rank, world)
+    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     device = ray.train.torch.get_device()
-    logger = MetricLogger(job.mlflow_uri, job.mlflow_run_id) if rank == 0 else None
-    steps_per_epoch = min(len(loader), t.max_steps_per_epoch or len(loader))
+    logger = MetricLogger(*config["mlflow"]) if rank == 0 else None
+    steps_per_epoch = min(len(loader), t.loop.max_steps_per_epoch or len(loader))
 
-    for epoch in range(t.epochs):
-        if world > 1:
-            loader.sampler.set_epoch(epoch)
-        started = time.perf_counter()
+    for epoch in range(t.loop.epochs):
+        loader.sampler.set_epoch(epoch)
 
         def on_step(step: int, terms: dict[str, float]) -> None:
             if logger and (step % 5 == 0 or step == steps_per_epoch - 1):
                 logger.log({f"step/{k}": v for k, v in terms.items()}, step=epoch * steps_per_epoch + step)
 
         terms = train_epoch(
-            model, loader, optimizer, t.optim(), device=device, on_step=on_step, max_steps=t.max_steps_per_epoch
+            model, loader, optimizer, t.optim, device=device, on_step=on_step, max_steps=t.loop.max_steps_per_epoch
         )
-        metrics = {f"epoch/{k}": v for k, v in terms.items()}
-        metrics["epoch/seconds"] = time.perf_counter() - started
-        metrics["epoch"] = epoch
+        metrics = {f"epoch/{k}": v for k, v in terms.items()} | {"epoch": epoch}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                btbnet.save_checkpoint(model, Path(tmp) / "model.pt", epoch=epoch, stage=job.stage)
+                save_checkpoint(model, Path(tmp) / "model.pt", epoch=epoch, stage=spec.name)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 logger.log(metrics, step=epoch)
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def run_training(job: TrainJob, out: Path) -> dict[str, float]:
+def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path) -> dict[str, float]:
     """Fit with Ray Train's TorchTrainer and copy the final model to `out` (a staging path)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    t = job.train
-    name = f"{job.stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    job_dict = asdict(job)
+    r = spec.train.ray
+    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=job_dict,
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        train_loop_config={"spec": spec, "mlflow": mlflow_run},
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
             storage_path=str(RAY_RUNS), name=name, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)
@@ -149,40 +225,50 @@ def log_loss_curves(run_id: str) -> None:
         mlflow.log_artifact(str(path))
 
 
-def train_stage(
-    name: str,
-    t: TrainParams,
-    data: Path,
-    polarity: str,
-    logged_params: dict[str, Any],
-    model_config: BTBNetConfig | None = None,
-    init_checkpoint: Path | None = None,
-    vgg16_weights: str | None = None,
-) -> None:
-    """A whole training stage: check the data, fit on Ray, write model + metrics, log to MLflow."""
-    from btbnet.data import PairDataset
+def log_model(checkpoint: Path, example_size: int) -> None:
+    """Log a checkpoint's model (probability maps out) with its signature and input example.
 
-    dataset = PairDataset(data, polarity=polarity, size=t.image_size, augment=t.augment)  # fails fast, names the file
-    out = resolve(t.model)
-    with stage_run(name, logged_params) as run:
+    The network is fully convolutional, so the signature takes any batch and any H × W. It is
+    pickled: torch.export ("pt2", MLflow's default) fixes H × W at the example's size, since
+    it cannot keep them symbolic through the streams' `round(H * scale)` resizes.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    model = FocusMap(load_checkpoint(checkpoint)).eval()
+    example = np.random.default_rng(0).random((1, 3, example_size, example_size), dtype=np.float32)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),  # RGB [B, 3, H, W] in [0, 1]
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),  # in-focus probability
+    )
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        input_example=example,
+        signature=signature,
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
+        code_paths=[str(REPO_ROOT / "btbnet")],
+    )
+
+
+def train_stage(spec: StageSpec) -> None:
+    """A whole training stage: check the data, fit on Ray, write model + metrics, log to MLflow."""
+    dataset = spec.train.input.dataset(spec.data, spec.polarity)  # fails fast, names the file
+    logged = {
+        "model": spec.model.to_dict(),
+        "train": to_dict(spec.train),
+        "data": str(spec.data),
+        "init": str(spec.init_checkpoint or spec.vgg16_weights or "random"),
+    }
+    with stage_run(spec.name, logged) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
         stage.init_ray()
-        job = TrainJob(
-            stage=name,
-            data=str(data),
-            polarity=polarity,
-            train=t,
-            model_config=model_config.to_dict() if model_config else None,
-            init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
-            vgg16_weights=vgg16_weights,
-            mlflow_uri=tracking_uri(),
-            mlflow_run_id=run.info.run_id,
-        )
-        with stage.staged(out) as tmp:
-            metrics = run_training(job, tmp)
+        with stage.staged(spec.out) as tmp:
+            metrics = run_training(spec, (tracking_uri(), run.info.run_id), tmp)
         metrics["train_samples"] = len(dataset)
-        stage.write_json(resolve(t.metrics), metrics)
-        mlflow.log_artifact(str(resolve(t.metrics)))
+        stage.write_json(spec.metrics, metrics)
+        mlflow.log_artifact(str(spec.metrics))
         log_loss_curves(run.info.run_id)
-        log_model(out, example_size=t.image_size or 64)
-    print(f"{name}: loss {metrics.get('epoch/total', float('nan')):.4f} after {t.epochs} epochs, model in {out}")
+        log_model(spec.out, example_size=spec.train.input.image_size or 64)
+    print(f"{spec.name}: loss {metrics.get('epoch/total', float('nan')):.4f} after {spec.train.loop.epochs} epochs, model in {spec.out}")

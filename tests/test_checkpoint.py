@@ -118,8 +118,8 @@ def test_failed_save_keeps_the_previous_checkpoint(
     path = save_checkpoint(model, tmp_path / "a.pt", epoch=1)
     before = path.read_bytes()
 
-    def crash_midway(obj: object, f: str | Path) -> None:
-        Path(f).write_bytes(b"half a checkpoint")
+    def crash_midway(obj: object, f) -> None:
+        f.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash_midway)
@@ -127,3 +127,26 @@ def test_failed_save_keeps_the_previous_checkpoint(
         save_checkpoint(model, path, epoch=2)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # the temporary file is gone
+
+
+def test_identical_saves_give_identical_bytes(model: nn.Module, tmp_path: Path) -> None:
+    """DVC hashes models by content: the same weights must not look like a new model."""
+    a = save_checkpoint(model, tmp_path / "a.pt", epoch=1).read_bytes()
+    b = save_checkpoint(model, tmp_path / "sub" / "b.pt", epoch=1).read_bytes()
+    assert a == b
+
+
+def test_read_config_returns_the_architecture(model: nn.Module, tmp_path: Path) -> None:
+    from btbnet.checkpoint import read_config
+
+    path = save_checkpoint(model, tmp_path / "a.pt")
+    assert read_config(path) == unwrap(model).config
+
+
+def test_rejected_pickle_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"config": object(), "state_dict": {}}, path)  # needs a full unpickler to load
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: not a readable btbnet checkpoint (")
+    assert "\n" not in str(info.value)

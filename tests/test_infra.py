@@ -9,6 +9,7 @@ the pipeline's params validation and against DVC's own `-S` parser.
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import os
 import re
@@ -21,11 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
+from btbnet.config import deep_merge, flatten
 from pipeline.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_FILE = REPO_ROOT / "infra" / "cluster.yaml"
-PAPER_FILE = REPO_ROOT / "infra" / "paper.yaml"
+PRESETS = sorted((REPO_ROOT / "infra" / "presets").glob("*.yaml"))
+PAPER_FILE = REPO_ROOT / "infra" / "presets" / "paper.yaml"
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 REPO_ON_NODES = "/home/ubuntu/btbnet"
 ENV_FILE = "~/.btbnet_env"
@@ -39,37 +42,15 @@ GPU_INSTANCES = {
 # ---------------------------------------------------------------------------- helpers
 
 
-def load_paper_scale() -> ModuleType:
-    """infra/paper_scale.py as a module (infra/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("paper_scale", REPO_ROOT / "infra" / "paper_scale.py")
+def load_preset_script() -> ModuleType:
+    """infra/preset.py as a module (infra/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("preset", REPO_ROOT / "infra" / "preset.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-paper_scale = load_paper_scale()
-
-
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` merged in; nested mappings merge, anything else is replaced."""
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def leaves(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} → {"a.b": 1}: every leaf of a nested mapping by its dotted key."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+preset = load_preset_script()
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +157,7 @@ def test_data_and_run_state_are_not_pushed_by_ray_up(cluster: dict[str, Any], pa
         assert path in excluded
     # every data folder of the paper-scale run lives under the excluded data/external/
     for key in ("synthesize.source_root", "finetune.data", "evaluate.data_root"):
-        assert leaves(paper)[key].startswith("data/external"), key
+        assert flatten(paper)[key].startswith("data/external"), key
 
 
 def test_token_auth_everywhere_and_the_token_at_its_default_path(
@@ -232,44 +213,89 @@ def test_the_environment_is_sourced_first_thing_in_bashrc_once(
     assert lines[1:] == (bashrc or "").splitlines()
 
 
-# ---------------------------------------------------------------------------- paper.yaml and paper_scale.py
+# ---------------------------------------------------------------------------- paper.yaml and preset.py
 
 
-def test_paper_overrides_merged_over_params_pass_validation(paper: dict[str, Any], tmp_path: Path) -> None:
-    merged = deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), paper)
+def configure_all(path: Path) -> dict[str, Any]:
+    """Every stage's `configure` on the params file at `path` (a finetune needs its input
+    checkpoint only for the architecture, so it is pointed at a tiny one)."""
+    import torch
+
+    import pipeline.evaluate
+    import pipeline.finetune
+    import pipeline.pretrain
+    import pipeline.synthesize
+    from btbnet.checkpoint import save_checkpoint
+    from btbnet.config import BTBNetConfig
+    from btbnet.model import build_model
+
+    params = yaml.safe_load(path.read_text())
+    ckpt = path.parent / "pretrain.pt"
+    with torch.device("cpu"):
+        save_checkpoint(build_model(BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0)), ckpt)
+    params["pretrain"]["model"] = str(ckpt)
+    path.write_text(yaml.safe_dump(params))
+    modules = {
+        "synthesize": pipeline.synthesize, "pretrain": pipeline.pretrain,
+        "finetune": pipeline.finetune, "evaluate": pipeline.evaluate,
+    }  # fmt: skip
+    return {name: m.configure(load_params(path)) for name, m in modules.items()}
+
+
+@pytest.mark.parametrize("preset_file", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_merged_over_params_configures_every_stage(preset_file: Path, tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(merged))
-    p = load_params(path)
-    assert (p.model.width, p.model.variant, p.scales, p.rrnet_steps) == (1.0, "paper", [1.0, 0.8, 0.6], 3)
-    assert (p.pretrain.num_workers, p.pretrain.use_gpu, p.finetune.use_gpu) == (8, True, True)
-    assert [t.name for t in p.evaluate.test_sets] == ["shi", "dut"]
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), yaml.safe_load(preset_file.read_text()))))
+    configured = configure_all(path)
+    assert set(configured) == {"synthesize", "pretrain", "finetune", "evaluate"}
+
+
+def test_paper_preset_is_the_papers_recipe(tmp_path: Path, paper: dict[str, Any]) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), paper)))
+    c = configure_all(path)
+    pre, fine = c["pretrain"], c["finetune"]
+    assert (pre.model.width, pre.model.variant, pre.model.scales, pre.model.rrnet_steps) == (1.0, "paper", (1.0, 0.8, 0.6), 3)
+    assert pre.vgg16_weights == "imagenet"
+    for t in (pre.train, fine.train):
+        assert (t.optim.lr_backbone, t.optim.lr_new, t.optim.momentum, t.optim.weight_decay) == (1e-4, 1e-3, 0.9, 5e-4)
+        assert (t.ray.num_workers, t.ray.use_gpu, t.input.image_size) == (8, True, None)
+    assert (pre.train.loop.epochs, fine.train.loop.epochs) == (1, 10)  # per-stage overrides of train.loop
+    assert [t.name for t in c["evaluate"].evaluate.test_sets] == ["shi", "dut"]
 
 
 def test_paper_scale_training_fits_the_gpu_workers(cluster: dict[str, Any], paper: dict[str, Any]) -> None:
     worker = cluster["available_node_types"]["gpu_worker"]
     gpus = worker["max_workers"] * worker["resources"]["GPU"]
-    for stage in ("pretrain", "finetune"):
-        t = paper[stage]
-        assert t["use_gpu"] is True, stage
-        assert t["num_workers"] <= gpus, f"{stage}: {t['num_workers']} workers, the cluster has {gpus} GPUs"
-        assert t["cpus_per_worker"] <= worker["resources"]["CPU"], stage
-        assert t["loader_workers"] + 1 <= t["cpus_per_worker"], f"{stage}: loader processes + the trainer"
+    r = paper["train"]["ray"]
+    assert r["use_gpu"] is True
+    assert r["num_workers"] <= gpus, f"{r['num_workers']} workers, the cluster has {gpus} GPUs"
+    assert r["cpus_per_worker"] <= worker["resources"]["CPU"]
+    assert r["loader_workers"] + 1 <= r["cpus_per_worker"], "loader processes + the trainer"
 
 
 def test_dry_run_prints_the_dvc_command_with_every_leaf(paper: dict[str, Any], capsys: pytest.CaptureFixture) -> None:
-    assert paper_scale.main(["--dry-run"]) == 0
+    assert preset.main(["paper", "--dry-run"]) == 0
     argv = shlex.split(capsys.readouterr().out.strip())
-    assert argv[:5] == ["dvc", "exp", "run", "-n", "paper-scale"]
-    assert argv[5::2] == ["-S"] * len(leaves(paper))
+    assert argv[:5] == ["dvc", "exp", "run", "-n", "paper"]
+    assert argv[5::2] == ["-S"] * len(flatten(paper))
     assigned = dict(arg.split("=", 1) for arg in argv[6::2])
-    assert set(assigned) == set(leaves(paper))
+    assert set(k.lstrip("+") for k in assigned) == set(flatten(paper))
     assert assigned["model.width"] == "1.0"
-    assert assigned["pretrain.use_gpu"] == "true"
+    assert assigned["train.ray.use_gpu"] == "true"
+    assert assigned["+pretrain.loop.epochs"] == "1"  # not in params.yaml: added, as DVC requires
     assert assigned["synthesize.max_size"] == "null"
     assert assigned["synthesize.sources"] == "[bsds500,ucid]"
     assert assigned["evaluate.test_sets"] == (
         "[{name:shi,folder:cuhk/test,polarity:blurred},{name:dut,folder:dut,polarity:in_focus}]"
     )
+
+
+def test_unknown_preset_is_refused_with_the_list(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        preset.main(["huge"])
+    assert info.value.code == 2
+    assert "no such preset (presets: " in capsys.readouterr().err
 
 
 def test_dvc_parses_the_overrides_back_into_the_paper_values(paper: dict[str, Any], tmp_path: Path) -> None:
@@ -281,9 +307,9 @@ def test_dvc_parses_the_overrides_back_into_the_paper_values(paper: dict[str, An
     for path in (applied, expected):
         path.parent.mkdir()
     applied.write_text(PARAMS_FILE.read_text())
-    apply_overrides(applied, paper_scale.override_args(paper)[1::2])
-    expected.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), paper)))
-    assert load_params(applied) == load_params(expected)
+    params = yaml.safe_load(PARAMS_FILE.read_text())
+    apply_overrides(applied, preset.override_args(paper, params)[1::2])
+    assert yaml.safe_load(applied.read_text()) == deep_merge(params, paper)
 
 
 def test_main_runs_dvc_from_the_repo_root_with_another_file_and_name(
@@ -292,8 +318,8 @@ def test_main_runs_dvc_from_the_repo_root_with_another_file_and_name(
     overrides = tmp_path / "small.yaml"
     overrides.write_text("model:\n  width: 0.25\nrrnet_steps: 0\n")
     calls = []
-    monkeypatch.setattr(paper_scale.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 3)
-    assert paper_scale.main(["--file", str(overrides), "--name", "quarter"]) == 3
+    monkeypatch.setattr(preset.subprocess, "call", lambda cmd, cwd: calls.append((cmd, cwd)) or 3)
+    assert preset.main(["--file", str(overrides), "--name", "quarter"]) == 3
     expected = ["dvc", "exp", "run", "-n", "quarter", "-S", "model.width=0.25", "-S", "rrnet_steps=0"]
     assert calls == [(expected, REPO_ROOT)]
     assert capsys.readouterr().out.strip() == shlex.join(expected)
@@ -322,20 +348,20 @@ def test_main_runs_dvc_from_the_repo_root_with_another_file_and_name(
     ],
 )
 def test_to_literal(value: Any, literal: str) -> None:
-    assert paper_scale.to_literal(value) == literal
+    assert preset.to_literal(value) == literal
 
 
 def test_to_literal_refuses_what_the_grammar_cannot_express() -> None:
     with pytest.raises(TypeError, match="cannot express"):
-        paper_scale.to_literal(object())
+        preset.to_literal(object())
 
 
 def test_override_args_flattens_nested_mappings_and_keeps_lists_whole() -> None:
     overrides = {"a": {"b": {"c": 1}, "d": [True, None]}, "e": "x", "f": {"g": {"name": "n"}}, "h": {}}
-    assert paper_scale.override_args(overrides) == [
+    assert preset.override_args(overrides) == [
         "-S", "a.b.c=1", "-S", "a.d=[true,null]", "-S", "e=x", "-S", "f.g.name=n",
     ]  # fmt: skip
-    assert paper_scale.override_args({}) == []
+    assert preset.override_args({}) == []
 
 
 def test_dvc_reads_quoted_strings_back_as_the_same_strings(tmp_path: Path) -> None:
@@ -344,5 +370,5 @@ def test_dvc_reads_quoted_strings_back_as_the_same_strings(tmp_path: Path) -> No
     values = {"a": "null", "b": "1.0", "c": "a,b", "d": "it's", "e": "cuhk/test", "f": ["true", "x:y"]}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({k: 0 for k in values}))
-    apply_overrides(path, paper_scale.override_args(values)[1::2])
+    apply_overrides(path, preset.override_args(values)[1::2])
     assert yaml.safe_load(path.read_text()) == values

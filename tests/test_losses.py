@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from btbnet import Prediction
-from btbnet.losses import btbnet_loss, loss_terms
+from btbnet.losses import loss_terms
+
+
+def loss_total(*args, **kwargs) -> torch.Tensor:
+    return loss_terms(*args, **kwargs)["total"]
 
 
 def bce(logit: float, g: float) -> float:
@@ -45,15 +49,15 @@ def test_terms_equal_the_hand_formula():
     assert terms["aux_1"].item() == pytest.approx(hand_mean(STREAM_B))
     expected = hand_mean(FINAL) + hand_mean(STREAM_A) + hand_mean(STREAM_B)  # eq. 7 with α = 1
     assert terms["total"].item() == pytest.approx(expected)
-    assert btbnet_loss(tiny_prediction(), as_map(TARGET)).item() == pytest.approx(expected)
+    assert loss_total(tiny_prediction(), as_map(TARGET)).item() == pytest.approx(expected)
 
 
 def test_aux_weight_scales_the_auxiliary_terms():
     main, a, b = hand_mean(FINAL), hand_mean(STREAM_A), hand_mean(STREAM_B)
     target = as_map(TARGET)
-    assert btbnet_loss(tiny_prediction(), target, aux_weight=0.0).item() == pytest.approx(main)
-    assert btbnet_loss(tiny_prediction(), target, aux_weight=0.5).item() == pytest.approx(main + 0.5 * (a + b))
-    per_stream = btbnet_loss(tiny_prediction(), target, aux_weight=[2.0, 0.25])
+    assert loss_total(tiny_prediction(), target, aux_weight=0.0).item() == pytest.approx(main)
+    assert loss_total(tiny_prediction(), target, aux_weight=0.5).item() == pytest.approx(main + 0.5 * (a + b))
+    per_stream = loss_total(tiny_prediction(), target, aux_weight=[2.0, 0.25])
     assert per_stream.item() == pytest.approx(main + 2.0 * a + 0.25 * b)
     # the logged aux terms stay unweighted
     assert loss_terms(tiny_prediction(), target, aux_weight=3.0)["aux_0"].item() == pytest.approx(a)
@@ -61,7 +65,7 @@ def test_aux_weight_scales_the_auxiliary_terms():
 
 def test_aux_weight_sequence_needs_one_weight_per_stream():
     with pytest.raises(ValueError, match="aux_weight"):
-        btbnet_loss(tiny_prediction(), as_map(TARGET), aux_weight=[1.0, 1.0, 1.0])
+        loss_total(tiny_prediction(), as_map(TARGET), aux_weight=[1.0, 1.0, 1.0])
 
 
 def test_sum_reduction_sums_pixels_and_averages_the_batch():
@@ -74,8 +78,8 @@ def test_sum_reduction_sums_pixels_and_averages_the_batch():
     for key in mean:
         assert total[key].item() == pytest.approx(mean[key].item() * h * w, rel=1e-5)
     # Caffe semantics: the sum is per image, so the batch size does not scale it
-    one = btbnet_loss(Prediction(pred.final[:1], [pred.streams[0][:1]]), target[:1], reduction="sum")
-    dup = btbnet_loss(Prediction(pred.final[:1].repeat(4, 1, 1, 1), [pred.streams[0][:1].repeat(4, 1, 1, 1)]),
+    one = loss_total(Prediction(pred.final[:1], [pred.streams[0][:1]]), target[:1], reduction="sum")
+    dup = loss_total(Prediction(pred.final[:1].repeat(4, 1, 1, 1), [pred.streams[0][:1].repeat(4, 1, 1, 1)]),
                       target[:1].repeat(4, 1, 1, 1), reduction="sum")
     assert dup.item() == pytest.approx(one.item(), rel=1e-6)
 
@@ -86,7 +90,7 @@ def test_gradients_are_finite_even_for_saturated_logits():
         streams=[torch.tensor([[[[150.0, -150.0]]]], requires_grad=True)],
     )
     target = torch.tensor([[[[0.0, 1.0]]]])  # maximally wrong: log(sigmoid) would overflow
-    loss = btbnet_loss(pred, target)
+    loss = loss_total(pred, target)
     loss.backward()
     assert torch.isfinite(loss)
     for t in (pred.final, *pred.streams):
@@ -97,13 +101,13 @@ def test_gradients_are_finite_even_for_saturated_logits():
 
 def test_bad_reduction_and_shape_are_rejected():
     with pytest.raises(ValueError, match="reduction"):
-        btbnet_loss(tiny_prediction(), as_map(TARGET), reduction="max")
+        loss_total(tiny_prediction(), as_map(TARGET), reduction="max")
     with pytest.raises(ValueError, match="target"):
-        btbnet_loss(tiny_prediction(), torch.zeros(1, 1, 3, 3))
+        loss_total(tiny_prediction(), torch.zeros(1, 1, 3, 3))
 
 
 def test_integer_masks_are_accepted():
     target = as_map(TARGET).to(torch.uint8)
-    assert btbnet_loss(tiny_prediction(), target).item() == pytest.approx(
-        btbnet_loss(tiny_prediction(), as_map(TARGET)).item()
+    assert loss_total(tiny_prediction(), target).item() == pytest.approx(
+        loss_total(tiny_prediction(), as_map(TARGET)).item()
     )

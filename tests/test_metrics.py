@@ -1,16 +1,18 @@
-"""Evaluation criteria (section 4.2), checked against values computed by hand."""
+"""Evaluation criteria under the "paper" (section 4.2) and "ddff" protocols, checked by hand."""
 
 import numpy as np
 import pytest
 
 from btbnet.metrics import (
+    PROTOCOLS,
     SetMetrics,
     adaptive_threshold,
-    binarize_levels,
+    blurred_precision_recall,
     f_measure,
     mae,
     pr_curve,
     precision_recall_at,
+    reported_keys,
 )
 
 # Image A: grey levels 204, 51 / 128, 26; in focus everywhere except the top-right pixel.
@@ -19,13 +21,6 @@ GT_A = np.array([[1, 0], [1, 1]])
 # Image B: confidently wrong; the only in-focus pixel is predicted blurred.
 PRED_B = np.array([[255, 0], [0, 0]]) / 255
 GT_B = np.array([[0, 255], [0, 0]], dtype=np.uint8)
-
-
-def test_binarize_levels_rounds_to_uint8_grey_levels():
-    levels = binarize_levels(np.array([[0.0, 1.0], [0.5, 0.2]]))
-    assert levels.dtype == np.uint8
-    np.testing.assert_array_equal(levels, [[0, 255], [128, 51]])  # 127.5 → 128, 51.0 → 51
-    np.testing.assert_array_equal(binarize_levels(PRED_A), [[204, 51], [128, 26]])
 
 
 @pytest.mark.parametrize(
@@ -49,9 +44,8 @@ def test_pr_curve_by_hand(t, precision, recall):
 
 def test_pr_curve_matches_thresholding_each_level():
     rng = np.random.default_rng(0)
-    pred, gt = rng.random((9, 11)), rng.random((9, 11)) > 0.6
-    p, r = pr_curve(pred, gt)
-    levels = binarize_levels(pred)
+    levels, gt = rng.integers(0, 256, (9, 11)), rng.random((9, 11)) > 0.6
+    p, r = pr_curve(levels / 255, gt)
     for t in range(256):
         positive = levels >= t
         tp = (positive & gt).sum()
@@ -133,6 +127,7 @@ def test_set_metrics_averages_two_images_by_hand():
     assert result["recall"] == pytest.approx(1 / 6)
     # eq. 8 on the mean precision and recall, not the mean of per-image F (which is 0.342…/2).
     assert result["f_measure"] == pytest.approx(1.3 * 0.5 / 6 / (0.15 + 1 / 6))
+    assert result["f_measure_per_image"] == pytest.approx((1.3 / 1.9 + 0.0) / 2)
     assert result["mae"] == pytest.approx((458 / 1020 + 0.5) / 2)
     p, r = np.array(result["pr_precision"]), np.array(result["pr_recall"])
     assert len(p) == len(r) == 256
@@ -158,8 +153,13 @@ def test_result_values_are_plain_python():
     metrics = SetMetrics()
     metrics.add(PRED_A, GT_A)
     result = metrics.result()
-    assert all(type(result[k]) is float for k in ("precision", "recall", "f_measure", "mae", "f_max"))
+    assert all(type(result[k]) is float for k in reported_keys("paper"))
     assert type(result["images"]) is int and type(result["pr_precision"][0]) is float
+    ddff = SetMetrics("ddff")
+    ddff.add(PRED_A, GT_A)
+    result = ddff.result()
+    assert set(result) == set(reported_keys("ddff")) | {"images"}
+    assert all(type(result[k]) is float for k in reported_keys("ddff")) and type(result["images"]) is int
 
 
 def test_empty_set_raises():
@@ -191,3 +191,82 @@ def test_bad_pred_raises(pred, message):
 def test_non_binary_gt_raises():
     with pytest.raises(ValueError, match="gt: expected a binary mask"):
         mae(PRED_A, np.array([[0, 128], [255, 0]]))
+
+
+# ---------------------------------------------------------------- protocols
+
+
+def test_protocols_and_their_reported_keys():
+    assert PROTOCOLS == ("paper", "ddff")
+    assert SetMetrics().protocol == "paper"
+    assert reported_keys() == reported_keys("paper")
+    assert {"f_measure", "f_measure_per_image", "precision", "recall", "mae", "f_max"} <= set(reported_keys("paper"))
+    assert {"f_measure", "f_measure_code", "precision", "recall", "mae"} <= set(reported_keys("ddff"))
+    with pytest.raises(ValueError, match="protocol"):
+        SetMetrics("sod")
+    with pytest.raises(ValueError, match="protocol"):
+        reported_keys("Paper")
+
+
+def test_blurred_precision_recall_by_hand():
+    # A: predicted blurred where pred < 0.5, i.e. 51/255 and 26/255; only 51/255 is blurred.
+    assert blurred_precision_recall(PRED_A, GT_A) == pytest.approx((1 / 2, 1.0))
+    # B: three pixels predicted blurred, two of the three blurred ones among them.
+    assert blurred_precision_recall(PRED_B, GT_B) == pytest.approx((2 / 3, 2 / 3))
+
+
+def test_ddff_threshold_is_half_with_half_counted_in_focus():
+    # Both pixels are blurred; 0.5 counts as in focus (D-DFFNet: y_pred >= 0.5 → 1), 0.49 as blurred.
+    pred, gt = np.array([[0.5, 0.49]]), np.array([[0, 0]])
+    assert blurred_precision_recall(pred, gt) == (1.0, 0.5)
+    metrics = SetMetrics("ddff")
+    assert metrics.add(pred, gt)["f_measure"] == pytest.approx(1.3 * 0.5 / (0.3 + 0.5))  # 0.8125
+
+
+def test_ddff_set_averages_per_image_f_by_hand():
+    metrics = SetMetrics("ddff")
+    first = metrics.add(PRED_A, GT_A)
+    # P = 1/2, R = 1 → F = 0.65 / 1.15; all-blurred: P = 1/4, R = 1 → F = 0.325 / 1.075, smaller.
+    assert first == pytest.approx({"precision": 0.5, "recall": 1.0, "f_measure": 13 / 23, "f_measure_code": 13 / 23, "mae": 458 / 1020})
+    second = metrics.add(PRED_B, GT_B)
+    # P = R = 2/3 → F = 2/3; all-blurred (P = 3/4, R = 1) gives 0.975 / 1.225 = 39/49, larger.
+    assert second == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f_measure": 2 / 3, "f_measure_code": 39 / 49, "mae": 0.5})
+    result = metrics.result()
+    assert result["images"] == 2
+    assert result["f_measure"] == pytest.approx((13 / 23 + 2 / 3) / 2)  # mean of per-image F
+    assert result["precision"] == pytest.approx(7 / 12) and result["recall"] == pytest.approx(5 / 6)
+    assert result["f_measure_code"] == pytest.approx((13 / 23 + 39 / 49) / 2)
+    assert result["mae"] == pytest.approx((458 / 1020 + 0.5) / 2)  # same as under "paper"
+
+
+# 2 × 3 ground truth: two in-focus pixels (top left), four blurred ones.
+GT_POLARITY = np.array([[1, 1, 0], [0, 0, 0]], dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name, pred, paper_f, paper_f_max, ddff_f, ddff_f_code, error",
+    [
+        # Perfect: in focus exactly on the in-focus pixels. Paper threshold 1.5 · 1/3 = 0.5.
+        ("perfect", GT_POLARITY.astype(float), 1.0, 1.0, 1.0, 1.0, 0.0),
+        # Inverted: paper threshold clamps to 1 → the 4 blurred pixels positive, TP = 0. Max-F at
+        # t = 0 (all positive, P = 1/3, R = 1): 1.3/3 / 1.1 = 13/33. ddff: the 2 in-focus pixels
+        # are predicted blurred, TP = 0; all-blurred (P = 2/3, R = 1): 2.6/3 / 1.2 = 13/18.
+        ("inverted", 1.0 - GT_POLARITY, 0.0, 13 / 33, 0.0, 13 / 18, 1.0),
+        # All ones: paper marks all in focus (P = 1/3, R = 1); ddff predicts nothing blurred.
+        ("all ones", np.ones((2, 3)), 13 / 33, 13 / 33, 0.0, 13 / 18, 4 / 6),
+        # All zeros: paper threshold 0 again marks all in focus; ddff predicts all blurred, and
+        # scores the blurred positives: P = 4/6, R = 1.
+        ("all zeros", np.zeros((2, 3)), 13 / 33, 13 / 33, 13 / 18, 13 / 18, 2 / 6),
+    ],
+)
+def test_polarity_of_both_protocols(name, pred, paper_f, paper_f_max, ddff_f, ddff_f_code, error):
+    paper, ddff = SetMetrics("paper"), SetMetrics("ddff")
+    paper.add(pred, GT_POLARITY)
+    ddff.add(pred, GT_POLARITY)
+    p, d = paper.result(), ddff.result()
+    assert p["f_measure"] == pytest.approx(paper_f)
+    assert p["f_measure_per_image"] == pytest.approx(paper_f)  # one image: both averages agree
+    assert p["f_max"] == pytest.approx(paper_f_max)
+    assert d["f_measure"] == pytest.approx(ddff_f)
+    assert d["f_measure_code"] == pytest.approx(ddff_f_code)
+    assert p["mae"] == pytest.approx(error) and d["mae"] == pytest.approx(error)

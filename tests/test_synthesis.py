@@ -7,8 +7,6 @@ from btbnet.synthesis import (
     DIRECTIONS,
     LEVELS,
     Sample,
-    blur,
-    gaussian_kernel,
     sample_name,
     synthesize,
 )
@@ -23,51 +21,42 @@ def gradient_energy(image: np.ndarray) -> float:
     return float((np.diff(x, axis=0) ** 2).mean() + (np.diff(x, axis=1) ** 2).mean())
 
 
-def test_kernel_is_normalised_symmetric_7x7():
-    k = gaussian_kernel()
-    assert k.shape == (7, 7) and k.dtype == np.float64
-    assert k.sum() == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(k, k.T)
-    np.testing.assert_allclose(k, k[::-1, ::-1])
-    assert k[3, 3] == k.max()
-    # Gaussian profile: neighbouring taps along an axis differ by exp(-(2x+1) / (2σ²)).
-    assert k[3, 4] / k[3, 3] == pytest.approx(np.exp(-1 / 8))
-    assert k[3, 5] / k[3, 4] == pytest.approx(np.exp(-3 / 8))
+def reference_blur(image: np.ndarray, times: int) -> np.ndarray:
+    """Section 4.1 written out independently: a direct 2-D 7×7, σ = 2 Gaussian window with
+    reflect padding (edge pixel not repeated), applied `times` times in float64, rounded once."""
+    x = np.arange(7) - 3.0
+    g = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * 2.0**2))
+    k = g / g.sum()
+    assert k.shape == (7, 7) and k.sum() == pytest.approx(1.0)
+    out = image.astype(np.float64)
+    h, w = image.shape[:2]
+    for _ in range(times):
+        padded = np.pad(out, ((3, 3), (3, 3), (0, 0)), mode="reflect")
+        out = sum(k[dy, dx] * padded[dy : dy + h, dx : dx + w] for dy in range(7) for dx in range(7))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def test_kernel_rejects_even_size_and_bad_sigma():
-    with pytest.raises(ValueError, match="size"):
-        gaussian_kernel(6)
-    with pytest.raises(ValueError, match="sigma"):
-        gaussian_kernel(7, 0.0)
-
-
-def test_blur_matches_direct_2d_convolution_with_reflect_padding():
+def test_blurred_half_matches_the_direct_2d_gaussian_at_every_level():
     image = noise_image(9, 11)
-    k = gaussian_kernel()
-    padded = np.pad(image.astype(np.float64), ((3, 3), (3, 3), (0, 0)), mode="reflect")
-    expected = np.zeros(image.shape)
-    for dy in range(7):
-        for dx in range(7):
-            expected += k[dy, dx] * padded[dy : dy + 9, dx : dx + 11]
-    np.testing.assert_array_equal(blur(image, 1), np.clip(np.rint(expected), 0, 255).astype(np.uint8))
+    for s in synthesize(image):
+        blurred = s.mask == 0
+        np.testing.assert_array_equal(s.image[blurred], reference_blur(image, s.level)[blurred])
 
 
-def test_blur_keeps_constant_image_and_zero_times_is_copy():
-    flat = np.full((5, 4, 3), 77, dtype=np.uint8)
-    np.testing.assert_array_equal(blur(flat, 3), flat)
-    image = noise_image(6, 6)
-    copy = blur(image, 0)
-    np.testing.assert_array_equal(copy, image)
-    assert copy is not image
-
-
-def test_blur_rounds_once_at_the_end():
+def test_levels_round_once_at_the_end():
     # Two passes in float then one rounding differ from rounding after each pass.
     image = noise_image(12, 12, seed=3)
-    twice_rounded = blur(blur(image, 1), 1)
-    assert not np.array_equal(blur(image, 2), twice_rounded)
-    assert np.abs(blur(image, 2).astype(int) - twice_rounded.astype(int)).max() <= 1
+    level2 = next(s for s in synthesize(image) if s.direction == "up" and s.level == 2)
+    twice_rounded = reference_blur(reference_blur(image, 1), 1)
+    blurred = level2.mask == 0
+    assert not np.array_equal(level2.image[blurred], twice_rounded[blurred])
+    assert np.abs(level2.image[blurred].astype(int) - twice_rounded[blurred].astype(int)).max() <= 1
+
+
+def test_constant_image_stays_constant():
+    flat = np.full((6, 4, 3), 77, dtype=np.uint8)
+    for s in synthesize(flat):
+        np.testing.assert_array_equal(s.image, flat)
 
 
 def test_twenty_samples_in_direction_major_order():
@@ -75,7 +64,7 @@ def test_twenty_samples_in_direction_major_order():
     assert len(samples) == 20
     assert all(isinstance(s, Sample) for s in samples)
     assert [(s.direction, s.level) for s in samples] == [(d, lv) for d in DIRECTIONS for lv in LEVELS]
-    assert [s.name("img") for s in samples][:6] == [
+    assert [sample_name("img", s.direction, s.level) for s in samples][:6] == [
         "img_up_1", "img_up_2", "img_up_3", "img_up_4", "img_up_5", "img_down_1",
     ]
     for s in samples:
@@ -110,7 +99,7 @@ def test_in_focus_half_is_input_bytes_and_blurred_half_is_blurred_whole_image():
     for s in synthesize(image):
         in_focus = s.mask == 255
         np.testing.assert_array_equal(s.image[in_focus], image[in_focus])
-        np.testing.assert_array_equal(s.image[~in_focus], blur(image, s.level)[~in_focus])
+        np.testing.assert_array_equal(s.image[~in_focus], reference_blur(image, s.level)[~in_focus])
         assert not np.array_equal(s.image[~in_focus], image[~in_focus])
 
 
@@ -168,6 +157,42 @@ def test_bad_input_raises_naming_image(bad):
         synthesize(bad)
 
 
-def test_blur_rejects_negative_times():
-    with pytest.raises(ValueError, match="times"):
-        blur(noise_image(4, 4), -1)
+def test_sources_are_found_recursively_and_named_by_their_path(tmp_path):
+    from PIL import Image
+
+    from btbnet.data import DataError
+    from btbnet.synthesis import find_sources
+
+    for rel in ("bsds/train/2092.jpg", "bsds/val/3096.png", "bsds/.hidden/x.png", "ucid/a.tif"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise_image(4, 4)).save(tmp_path / rel)
+    (tmp_path / "bsds" / "loop").symlink_to(tmp_path / "bsds", target_is_directory=True)  # not followed
+    found = find_sources(tmp_path, ["bsds", "ucid"])
+    assert [(s.name, s.path.relative_to(tmp_path).as_posix()) for s in found] == [
+        ("bsds-train-2092", "bsds/train/2092.jpg"),
+        ("bsds-val-3096", "bsds/val/3096.png"),
+        ("ucid-a", "ucid/a.tif"),
+    ]
+    assert [s.name for s in find_sources(tmp_path, ["bsds"])] == ["train-2092", "val-3096"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: folder or its sub-folders has no images"):
+        find_sources(tmp_path, ["empty"])
+
+
+def test_write_samples_writes_twenty_pairs_that_read_back(tmp_path):
+    from PIL import Image
+
+    from btbnet.data import PairDataset
+    from btbnet.synthesis import Source, write_samples
+
+    Image.fromarray(noise_image(12, 20)).save(tmp_path / "src.png")
+    for sub in ("image", "gt"):
+        (tmp_path / "out" / sub).mkdir(parents=True)
+    count, size = write_samples(Source(tmp_path / "src.png", "s"), tmp_path / "out", max_size=10)
+    files = sorted((tmp_path / "out").rglob("*.png"))
+    assert count == 20 and len(files) == 40 and size == sum(f.stat().st_size for f in files)
+    data = PairDataset(tmp_path / "out", polarity="in_focus", size=None)
+    assert sorted(data.stems)[:2] == ["s_down_1", "s_down_2"]
+    image, mask = data.arrays(data.stems.index("s_up_3"))
+    assert image.shape == (6, 10, 3)  # shrunk to max_size 10 on the longer side
+    assert (mask[:3] == 0).all() and (mask[3:] == 255).all()  # the upper half is blurred

@@ -1,0 +1,64 @@
+"""All-or-nothing file output: a file (or folder) appears complete at its path, or not at all.
+
+`atomic_output(path)` yields a temporary path beside `path` for the caller to write (a file or
+a whole folder); it is renamed onto `path` when the block succeeds and deleted when it fails,
+so a crash, a bad input or Ctrl-C never leaves a partial file where a reader (or DVC's cache)
+would take it for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# zlib level: every level is lossless; lower levels write faster and larger files.
+PNG_COMPRESS_LEVEL = 6
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary path beside `path`, renamed onto it if the block succeeds.
+
+    An existing folder at `path` is replaced as a whole. The temporary name is hidden
+    (`.name.<random>.tmp`) and created with the usual permissions by whoever writes it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        remove(tmp)
+
+
+def remove(path: Path) -> None:
+    """Delete a file, link or folder at `path`; nothing there is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def save_png(array: np.ndarray, path: str | Path, atomic: bool = True) -> Path:
+    """Write uint8 [H, W] (mode "L") or [H, W, 3] (RGB) as a lossless PNG.
+
+    atomic: through `atomic_output`; False writes in place (for files inside a folder that is
+    itself written atomically). PNG metadata carries no timestamp: same array, same bytes.
+    """
+    path = Path(path)
+    if not atomic:
+        Image.fromarray(array).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        return path
+    with atomic_output(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return path
