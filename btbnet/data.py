@@ -19,8 +19,10 @@ Reading rules, shared by every caller:
 
 from __future__ import annotations
 
+import math
 import os
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +32,8 @@ from PIL import Image
 
 from .augment import NUM_AUGMENTATIONS
 from .augment import augment as augment_pair
-from .config import check_int
-from .images import check_image, resize
+from .config import ConfigError, check_int
+from .images import check_image, fit_within, resize
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # any case
 POLARITIES: tuple[str, ...] = ("blurred", "in_focus")  # what white (255) means in the mask files
@@ -64,7 +66,7 @@ def load_mask(path: str | Path, polarity: str) -> np.ndarray:
     Colour masks are reduced to luminance (ITU-R 601, as PIL's "L"), then thresholded at 128;
     `polarity` ("blurred" or "in_focus") says what white means in the file.
     """
-    _check_polarity(polarity)
+    check_polarity(polarity)
     rgb = load_rgb(path).astype(np.int32)  # [H, W, 3]
     luminance_x1000 = 299 * rgb[:, :, 0] + 587 * rgb[:, :, 1] + 114 * rgb[:, :, 2]  # exact integers
     white = luminance_x1000 >= MASK_THRESHOLD * 1000  # [H, W] bool
@@ -92,8 +94,8 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     images = sorted((p for p in candidates if _is_image_file(p)), key=lambda p: p.relative_to(folder).parts)
     if not images:
         accepted = ", ".join(IMAGE_EXTENSIONS)
-        where = " or its sub-folders" if recursive else ""
-        raise DataError(f"{folder}: folder{where} has no images (accepted extensions: {accepted}, any case)")
+        where = ", nor do its sub-folders" if recursive else ""
+        raise DataError(f"{folder}: folder has no images{where} (accepted extensions: {accepted}, any case)")
     return images
 
 
@@ -116,7 +118,7 @@ def find_pairs(root: str | Path, image_dir: str = "image", mask_dir: str = "gt")
 
 def load_pair(image_path: str | Path, mask_path: str | Path, polarity: str) -> tuple[np.ndarray, np.ndarray]:
     """(image [H, W, 3] uint8, mask [H, W] uint8 {0, 255}, 255 = in focus) of one pair."""
-    _check_polarity(polarity)
+    check_polarity(polarity)
     image, mask = load_rgb(image_path), load_mask(mask_path, polarity)
     if image.shape[:2] != mask.shape:
         (h, w), (mh, mw) = image.shape[:2], mask.shape
@@ -139,30 +141,75 @@ def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
 class InputConfig:
     """How training pairs become network inputs (section 4.1).
 
-    image_size: every (augmented) pair is resized to image_size × image_size (bilinear image,
-                nearest mask); None keeps the native size, which batches only one by one.
-    augment:    the 16 rotations / flips of section 4.1, applied at load time.
+    max_size:    each pair is first shrunk so its longer side is at most max_size (antialiased
+                 bilinear image, nearest mask): the scale blur is learnt at. Predict at the
+                 same scale (`evaluate.max_size`, `btbnet predict --max-size`): defocus is a
+                 property of scale, a σ = 2 px blur vanishes when a picture is shrunk 10×.
+                 None keeps the native size.
+    augment:     the 16 rotations / flips of section 4.1, applied at load time.
+    crop_size:   a random crop_size × crop_size window of the (shrunk, augmented) pair, drawn
+                 afresh each epoch from (seed, epoch, item); a 45° version too small for it is
+                 replaced by its right-angle neighbour, a pair still too small is upscaled.
+    image_size:  instead of cropping, the whole pair is resized to image_size × image_size
+                 (this distorts its aspect and blur scale). Both None: the pair as it is,
+                 which batches only one by one.
     """
 
-    image_size: int | None = None
+    max_size: int | None = None
     augment: bool = True
+    crop_size: int | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
+        check_int("max_size", self.max_size, 8, allow_none=True)
+        check_int("crop_size", self.crop_size, 8, allow_none=True)
         check_int("image_size", self.image_size, 8, allow_none=True)
+        if self.crop_size is not None and self.image_size is not None:
+            raise ConfigError("crop_size: set crop_size or image_size, not both")
 
-    def dataset(self, root: str | Path, polarity: str) -> "PairDataset":
-        return PairDataset(root, polarity, size=self.image_size, augment=self.augment)
+    @property
+    def fixed_size(self) -> bool:
+        """Whether every item has the same size (so that items batch together)."""
+        return self.crop_size is not None or self.image_size is not None
+
+    def dataset(self, root: str | Path, polarity: str, exclude: Collection[str] = (), seed: int = 0) -> "PairDataset":
+        return PairDataset(
+            root, polarity, size=self.image_size, augment=self.augment, max_size=self.max_size,
+            crop_size=self.crop_size, exclude=exclude, seed=seed,
+        )  # fmt: skip
+
+
+def read_stems(path: str | Path) -> list[str]:
+    """File stems listed one per line in a text file (blank lines and # comments skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: stem list not found")
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    stems = [line for line in lines if line]
+    if not stems:
+        raise DataError(f"{path}: lists no stems")
+    return stems
+
+
+def holdout_stems(stems: Collection[str], count: int, seed: int) -> list[str]:
+    """`count` of `stems` drawn without replacement by numpy's default_rng(seed) from the
+    sorted list, returned sorted: the rule behind data/splits/cuhk_val.txt (count 100, seed 2018)."""
+    ordered = sorted(stems)
+    if not 0 < count <= len(ordered):
+        raise ValueError(f"count: must be in 1…{len(ordered)}, got {count}")
+    picked = np.random.default_rng(seed).choice(len(ordered), count, replace=False)
+    return sorted(ordered[i] for i in picked)
 
 
 class PairDataset(torch.utils.data.Dataset):
     """(image, mask) tensors of a data set folder, optionally ×16 augmented (section 4.1).
 
     Item i is pair i, or with `augment` pair i // 16 under `btbnet.augment.augment(…, i % 16)`.
-    Returns image [3, S, S] float32 in [0, 1] and mask [1, S, S] float32 in {0, 1} (1 = in
-    focus), resized after augmentation to `size` × `size` (bilinear image, nearest mask), or at
-    the (augmented) native size when `size` is None; 45° versions are smaller squares, so
-    batching native sizes needs batch size 1. All pairs are matched at construction
-    (`find_pairs`); images are decoded lazily in `__getitem__`.
+    Each pair is shrunk to `max_size`, augmented, then cropped (`crop_size`) or resized
+    (`size`), as `InputConfig` describes. Returns image [3, S, S] float32 in [0, 1] and mask
+    [1, S, S] float32 in {0, 1} (1 = in focus). Pairs whose stem is in `exclude` are left out
+    (a held-out split); every excluded stem must exist. All pairs are matched at construction
+    (`find_pairs`); images are decoded lazily in `__getitem__`. `set_epoch` re-draws the crops.
     """
 
     def __init__(
@@ -173,16 +220,34 @@ class PairDataset(torch.utils.data.Dataset):
         augment: bool = False,
         image_dir: str = "image",
         mask_dir: str = "gt",
+        max_size: int | None = None,
+        crop_size: int | None = None,
+        exclude: Collection[str] = (),
+        seed: int = 0,
     ):
-        _check_polarity(polarity)
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"size: must be a positive integer or None, got {size!r}")
+        check_polarity(polarity)
+        for key, value in (("size", size), ("max_size", max_size), ("crop_size", crop_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key}: must be a positive integer or None, got {value!r}")
         self.root = Path(root)
         self.polarity = polarity
         self.size = size
         self.augment = bool(augment)
-        self.pairs: list[tuple[Path, Path]] = find_pairs(self.root, image_dir, mask_dir)
+        self.max_size = max_size
+        self.crop_size = crop_size
+        self.seed = seed
+        self.epoch = 0
+        pairs = find_pairs(self.root, image_dir, mask_dir)
+        unknown = sorted(set(exclude) - {image.stem for image, _ in pairs})
+        if unknown:
+            raise DataError(f"{self.root}: excluded stem {unknown[0]!r} is not in the data set")
+        self.pairs: list[tuple[Path, Path]] = [(i, m) for i, m in pairs if i.stem not in set(exclude)]
+        if not self.pairs:
+            raise DataError(f"{self.root}: every pair is excluded")
         self.stems: list[str] = [image.stem for image, _ in self.pairs]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.pairs) * (NUM_AUGMENTATIONS if self.augment else 1)
@@ -198,12 +263,32 @@ class PairDataset(torch.utils.data.Dataset):
         index %= len(self)  # negative indices count from the end
         pair, version = divmod(index, NUM_AUGMENTATIONS) if self.augment else (index, 0)
         image, mask = load_pair(*self.pairs[pair], self.polarity)
+        if self.max_size is not None:
+            size = fit_within(image.shape[:2], self.max_size)
+            image = resize(image, size, Image.Resampling.BILINEAR)
+            mask = resize(mask, size, Image.Resampling.NEAREST)
         if self.augment:
+            if self.crop_size and version // 2 % 2 and min(image.shape[:2]) / math.sqrt(2) < self.crop_size:
+                version -= 2  # the 45° square would be smaller than the crop: the right angle below
             image, mask = augment_pair(image, mask, version)
-        if self.size is not None:
+        if self.crop_size is not None:
+            image, mask = self._crop(image, mask, index)
+        elif self.size is not None:
             image = resize(image, (self.size, self.size), Image.Resampling.BILINEAR)
             mask = resize(mask, (self.size, self.size), Image.Resampling.NEAREST)
         return image, mask
+
+    def _crop(self, image: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        c = self.crop_size
+        h, w = mask.shape
+        if min(h, w) < c:  # upscale so the shorter side is the crop's
+            scale = c / min(h, w)
+            h, w = max(c, round(h * scale)), max(c, round(w * scale))
+            image = resize(image, (h, w), Image.Resampling.BILINEAR)
+            mask = resize(mask, (h, w), Image.Resampling.NEAREST)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        y, x = int(rng.integers(h - c + 1)), int(rng.integers(w - c + 1))
+        return np.ascontiguousarray(image[y : y + c, x : x + c]), np.ascontiguousarray(mask[y : y + c, x : x + c])
 
 
 def _open_decoded(path: Path) -> Image.Image:
@@ -240,6 +325,7 @@ def _by_stem(paths: list[Path]) -> dict[str, Path]:
     return by_stem
 
 
-def _check_polarity(polarity: str) -> None:
+def check_polarity(polarity: str) -> None:
+    """ConfigError (a ValueError) unless `polarity` is one of POLARITIES."""
     if polarity not in POLARITIES:
-        raise ValueError(f"polarity: must be one of {POLARITIES}, got {polarity!r}")
+        raise ConfigError(f"polarity: must be one of {POLARITIES}, got {polarity!r}")

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import ConfigError
-from .data import POLARITIES, find_pairs, load_pair
+from .data import check_polarity, find_pairs, load_pair
 from .metrics import PROTOCOLS, SetMetrics
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -32,8 +31,7 @@ class TestSet:
     polarity: str = "blurred"
 
     def __post_init__(self) -> None:
-        if self.polarity not in POLARITIES:
-            raise ConfigError(f"polarity: must be one of {POLARITIES}, got {self.polarity!r}")
+        check_polarity(self.polarity)
 
 
 @dataclass

@@ -43,7 +43,11 @@ def fit_within(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
 
 
 def resize(array: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
-    """uint8 image or mask resized to (h, w) with PIL (a copy-free no-op at the same size)."""
+    """uint8 image or mask resized to (h, w) with PIL (a copy-free no-op at the same size).
+
+    PIL's bilinear and bicubic filters widen with the scale factor when they shrink, i.e. they
+    antialias, as `btbnet.predict` does at inference (`interpolate(..., antialias=True)`).
+    """
     h, w = size
     if array.shape[:2] == (h, w):
         return array

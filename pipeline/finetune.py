@@ -7,28 +7,41 @@ architecture is the pre-trained checkpoint's, read from it before any worker sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from btbnet.checkpoint import read_config
-from btbnet.data import POLARITIES
+from btbnet.data import check_polarity
 
 from . import stage
-from .params import Params, ParamsError, resolve
-from .training import StageSpec, check_keys, train_config, train_stage
+from .params import Params, resolve
+from .training import BLOCKS, StageSpec, train_config, train_stage
 
 NAME = "finetune"
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The `finetune` section besides its recipe overrides: the defocus training set `data`
+    (image/ + gt/), what white means in its masks, and the outputs."""
+
+    data: str
+    model: str
+    metrics: str
+    polarity: str = "blurred"
+
+    def __post_init__(self) -> None:
+        check_polarity(self.polarity)
+
+
 def configure(params: Params) -> StageSpec:
-    check_keys(params, NAME, ("data", "polarity", "model", "metrics"))
-    own = params[NAME]
+    own = params.build(FinetuneConfig, NAME, drop=BLOCKS)
     init = resolve(params["pretrain"]["model"])
-    if own["polarity"] not in POLARITIES:
-        raise ParamsError(f"{NAME}.polarity: must be one of {POLARITIES}, got {own['polarity']!r}")
     return StageSpec(
         name=NAME,
-        data=resolve(own["data"]),
-        polarity=own["polarity"],
-        out=resolve(own["model"]),
-        metrics=resolve(own["metrics"]),
+        data=resolve(own.data),
+        polarity=own.polarity,
+        out=resolve(own.model),
+        metrics=resolve(own.metrics),
         train=train_config(params, NAME),
         model=read_config(init),
         init_checkpoint=init,

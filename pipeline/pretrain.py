@@ -8,27 +8,38 @@ the new layers at random; Ray Train runs DDP over `ray.num_workers` workers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from btbnet.config import BTBNetConfig, ConfigError, from_mapping
 
 from . import stage
 from .params import Params, ParamsError, resolve
-from .training import StageSpec, check_keys, train_config, train_stage
+from .training import BLOCKS, StageSpec, train_config, train_stage
 
 NAME = "pretrain"
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The `pretrain` section besides its recipe overrides: outputs and initialisation
+    (vgg16_weights: "imagenet", a path or URL of torchvision's VGG16 weights; None: random)."""
+
+    model: str
+    metrics: str
+    vgg16_weights: str | None = None
+
+
 def configure(params: Params) -> StageSpec:
-    check_keys(params, NAME, ("model", "metrics", "vgg16_weights"))
-    own = params[NAME]
+    own = params.build(PretrainConfig, NAME, drop=BLOCKS)
     return StageSpec(
         name=NAME,
         data=resolve(params["synthesize"]["out_dir"]),
         polarity="in_focus",  # the synthesize stage writes 255 = in focus
-        out=resolve(own["model"]),
-        metrics=resolve(own["metrics"]),
+        out=resolve(own.model),
+        metrics=resolve(own.metrics),
         train=train_config(params, NAME),
         model=model_config(params),
-        vgg16_weights=own["vgg16_weights"] if "vgg16_weights" in own else None,
+        vgg16_weights=own.vgg16_weights,
     )
 
 

@@ -105,13 +105,6 @@ def train_config(params: Params, name: str) -> TrainConfig:
         raise ParamsError(f"{name}.{exc}") from None
 
 
-def check_keys(params: Params, name: str, allowed: tuple[str, ...]) -> None:
-    """ParamsError naming the first key of section `name` that is neither allowed nor a block."""
-    unknown = sorted(set(params[name]) - set(allowed) - set(BLOCKS))
-    if unknown:
-        raise ParamsError(f"{name}.{unknown[0]}: unknown key (known: {sorted(allowed + BLOCKS)})")
-
-
 @dataclass(frozen=True)
 class StageSpec:
     """Everything one training stage needs; absolute paths (Ray workers run elsewhere)."""

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from btbnet.config import deep_merge
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_DIR = Path(sys.executable).parent
 DVC = PYTHON_DIR / "dvc" if (PYTHON_DIR / "dvc").exists() else Path(shutil.which("dvc") or "dvc")
@@ -24,19 +26,13 @@ DVC = PYTHON_DIR / "dvc" if (PYTHON_DIR / "dvc").exists() else Path(shutil.which
 # Written into the copy's params.yaml: the smallest run that still exercises every code path
 # (two DDP workers, augmentation, all three scales). Independent of the defaults' values.
 TINY_TRAIN = {
-    "epochs": 1,
-    "batch_size": 2,
-    "image_size": 16,
-    "max_steps_per_epoch": 2,
-    "num_workers": 2,
-    "cpus_per_worker": 0.5,
-    "loader_workers": 0,
-    "use_gpu": False,
+    "loop": {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2},
+    "input": {"image_size": 16},
+    "ray": {"num_workers": 2, "cpus_per_worker": 0.5, "loader_workers": 0, "use_gpu": False},
 }
 TINY_PARAMS: dict[str, Any] = {
-    "model": {"width": 0.0625, "vgg16_weights": None},
-    "pretrain": TINY_TRAIN,
-    "finetune": TINY_TRAIN,
+    "model": {"width": 0.0625},
+    "train": TINY_TRAIN,
     "evaluate": {"max_size": 32, "device": "cpu"},
 }
 
@@ -51,17 +47,6 @@ def stage_env() -> dict[str, str]:
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "pipeline tests"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@example.invalid"
     return env
-
-
-def deep_merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `updates` applied key by key (nested mappings merged, anything else replaced)."""
-    merged = dict(base)
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def read_params(repo: Path) -> dict[str, Any]:

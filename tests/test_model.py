@@ -151,6 +151,36 @@ def test_fusion_input_channels_follow_eq2_and_eq5() -> None:
     assert [c.out_channels for c in model.fnet.convs] == [4, 8, 4, 1]
 
 
+def test_fnet_and_rrnet_see_probability_maps_and_the_normalised_image() -> None:
+    """Eq. 2 and 5: F⁰ = cat(sigmoid(M¹…Mᴺ), I) with I normalised as VGG16's ImageNet input.
+
+    Feeding the logits, or the raw [0, 1] image, would also run: only the values tell."""
+    from btbnet.model import RRNet
+
+    model = tiny(scales=(1.0, 0.5), rrnet_steps=2).eval()
+    assert isinstance(model.rrnet, RRNet) and model.rrnet.steps == 2
+    seen = {"fnet": [], "rrnet": []}
+    model.fnet.convs[0].register_forward_pre_hook(lambda m, args: seen["fnet"].append(args[0].clone()))
+    model.rrnet.convs[0].register_forward_pre_hook(lambda m, args: seen["rrnet"].append(args[0].clone()))
+    image = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        out = model(image)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # torchvision's ImageNet statistics
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    normalised = (image - mean) / std
+    (f0,) = seen["fnet"]
+    torch.testing.assert_close(f0[:, :2], torch.sigmoid(torch.cat(out.streams, dim=1)))
+    torch.testing.assert_close(f0[:, 2:], normalised)
+    assert len(seen["rrnet"]) == 2  # two recurrent steps, each on the previous step's map
+    for r in seen["rrnet"]:
+        assert 0.0 <= float(r[:, :1].min()) and float(r[:, :1].max()) <= 1.0
+        torch.testing.assert_close(r[:, 1:], normalised)
+    with torch.no_grad():  # the last step's input map is the sigmoid of RRNet's first output
+        fused = model.fnet(out.streams, normalised)
+        step1 = super(RRNet, model.rrnet).forward([fused], normalised)
+    torch.testing.assert_close(seen["rrnet"][1][:, :1], torch.sigmoid(step1))
+
+
 def test_backbone_and_new_parameters_partition_the_model() -> None:
     model = tiny(scales=(1.0, 0.8, 0.6), rrnet_steps=3)
     backbone = {id(p) for p in model.backbone_parameters()}
@@ -355,9 +385,16 @@ def test_counting_leaves_the_model_as_it_was(training: bool) -> None:
     assert not any(m._forward_hooks for m in model.modules())
 
 
-def test_parameters_are_counted_exactly() -> None:
-    model = tiny(scales=(1.0, 0.8, 0.6))
-    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+def test_parameters_of_the_papers_model_counted_by_hand() -> None:
+    conv = lambda a, b: 9 * a * b + b  # noqa: E731  3×3 conv with bias
+    top_bottom = sum(conv(t, o) + conv(lat, o) for t, lat, o in [(512, 512, 256), (256, 256, 128), (128, 128, 64), (64, 64, 1)])
+    stream = VGG16_FEATURES_PARAMS + top_bottom  # 14,714,688 + 3,098,626
+    frrnet = lambda c_in: conv(c_in, 64) + conv(64, 128) + conv(128, 64) + conv(64, 1)  # noqa: E731
+    expected = 3 * stream + frrnet(3 + 3) + frrnet(1 + 3)
+    assert expected == 53_742_280
+    with torch.device("meta"):
+        model = build_model(BTBNetConfig())
+    assert count_parameters(model) == expected
     assert count_parameters(nn.Conv2d(3, 4, 3)) == 3 * 4 * 9 + 4
 
 

@@ -31,7 +31,8 @@ from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, dvc, read_p
 pytestmark = pytest.mark.slow
 
 STAGES = ("synthesize", "pretrain", "finetune", "evaluate")
-REPORTED = ("f_measure", "precision", "recall", "mae", "f_max")
+REPORTED = {"paper": ("f_measure", "f_measure_per_image", "precision", "recall", "mae", "f_max"),
+            "ddff": ("f_measure", "precision", "recall", "mae")}
 SAMPLES_PER_SOURCE = len(DIRECTIONS) * len(LEVELS)  # 20 (section 4.1)
 
 
@@ -107,8 +108,13 @@ def test_evaluation_metrics_curves_and_figures(repo, params, repro):
     report = json.loads((repo / e["metrics"]).read_text())
     assert sorted(report) == sorted(names)
     for name in names:
-        for key in REPORTED:
-            assert math.isfinite(report[name][key]) and 0.0 <= report[name][key] <= 1.0, (name, key)
+        for protocol, keys in REPORTED.items():
+            for key in keys:
+                value = report[name][protocol][key]
+                assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, protocol, key)
+            baseline = report[name]["baseline"][protocol]
+            assert 0.0 <= baseline["f_measure"] <= 1.0 and 0.0 <= baseline["mae"] <= 1.0
+        assert report[name]["baseline"]["ddff"]["f_measure"] == 0.0  # all in focus: no blurred positive
         with (repo / e["plots_dir"] / f"{name}.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert [int(r["threshold"]) for r in rows] == list(range(256))
@@ -136,8 +142,8 @@ def test_mlflow_runs_hold_params_and_metrics(client, params, repro):
     assert runs["synthesize"].data.metrics["samples"] > 0
     for stage in ("pretrain", "finetune"):
         run = runs[stage]
-        assert run.data.params[f"{stage}.epochs"] == "1"
-        assert run.data.params[f"{stage}.batch_size"] == "2"
+        assert run.data.params["train.loop.epochs"] == "1"
+        assert run.data.params["train.loop.batch_size"] == "2"
         assert json.loads(run.data.params["model.scales"]) == [1.0, 0.8, 0.6]
         steps = client.get_metric_history(run.info.run_id, "step/total")
         assert [m.step for m in steps] == [0, 1]  # max_steps_per_epoch 2, one epoch
@@ -152,8 +158,9 @@ def test_mlflow_runs_hold_params_and_metrics(client, params, repro):
     evaluate = runs["evaluate"]
     assert evaluate.data.params["evaluate.examples"] == str(params["evaluate"]["examples"])
     for name in (t["name"] for t in params["evaluate"]["test_sets"]):
-        for key in REPORTED:
-            assert math.isfinite(evaluate.data.metrics[f"{name}/{key}"])
+        for protocol, keys in REPORTED.items():
+            for key in keys:
+                assert math.isfinite(evaluate.data.metrics[f"{name}/{protocol}/{key}"])
 
 
 def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, repro):
@@ -192,8 +199,9 @@ STATUS_CASES = {
     "evaluate param": ({"evaluate": {"examples": 2}}, {"evaluate"}),
     "synthesize param": ({"synthesize": {"max_size": 64}}, {"synthesize"}),
     "model param": ({"model": {"width": 0.125}}, {"pretrain"}),
-    "finetune param": ({"finetune": {"epochs": 2}}, {"finetune"}),
-    "rrnet_steps": ({"rrnet_steps": 1}, {"pretrain", "finetune", "evaluate"}),
+    "finetune param": ({"finetune": {"loop": {"epochs": 2}}}, {"finetune"}),
+    "shared recipe": ({"train": {"optim": {"momentum": 0.5}}}, {"pretrain", "finetune"}),
+    "rrnet_steps": ({"rrnet_steps": 1}, {"pretrain"}),
 }
 
 
@@ -239,7 +247,7 @@ def test_experiment_models_have_two_scales(repo, params, experiment):
         model = btbnet.load_checkpoint(repo / params[key]["model"])  # the experiment's, applied to the workspace
         assert model.config.scales == (1.0, 0.8) and len(model.streams) == 2
     report = json.loads((repo / params["evaluate"]["metrics"]).read_text())
-    assert all(math.isfinite(r["f_measure"]) for r in report.values())
+    assert all(math.isfinite(r["paper"]["f_measure"]) for r in report.values())
 
 
 def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):

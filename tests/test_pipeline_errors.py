@@ -83,7 +83,7 @@ def test_finetune_image_without_mask(repo):
 
 INVALID_MODEL_PARAMS = {
     "empty scales": ({"scales": []}, "scales: must list at least one scale"),
-    "zero scale": ({"scales": [1, 0.8, 0]}, "scales: every scale must be > 0"),
+    "zero scale": ({"scales": [1, 0.8, 0]}, "scales: every scale must be in (0, 1]"),
     "negative rrnet_steps": ({"rrnet_steps": -1}, "rrnet_steps: must be an integer >= 0"),
 }
 

@@ -175,7 +175,7 @@ def test_sources_are_found_recursively_and_named_by_their_path(tmp_path):
     ]
     assert [s.name for s in find_sources(tmp_path, ["bsds"])] == ["train-2092", "val-3096"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="empty: folder or its sub-folders has no images"):
+    with pytest.raises(DataError, match="empty: folder has no images, nor do its sub-folders"):
         find_sources(tmp_path, ["empty"])
 
 

@@ -1,0 +1,153 @@
+"""dvc.yaml's caching contract, derived from the stages themselves rather than kept by hand.
+
+DVC reruns a stage when one of its `deps` or `params` changes, so a stage must declare
+  - every project module it runs: each stage module is imported in a fresh interpreter and the
+    btbnet/ and pipeline/ files it loaded are compared with its `deps` (project code imports at
+    module level only, checked below, so that import loads everything the stage runs);
+  - exactly the params it reads: its `configure` runs on a recording view of params.yaml and
+    the keys read are compared with its `params`.
+Each check is also run on a declaration with one entry removed, and must then fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from btbnet.checkpoint import save_checkpoint
+from btbnet.config import BTBNetConfig, deep_merge
+from btbnet.model import build_model
+from pipeline.params import load_params
+from tests.pipeline_helpers import REPO
+
+STAGES = ("synthesize", "pretrain", "finetune", "evaluate")
+CODE_DIRS = ("btbnet", "pipeline")
+
+
+@pytest.fixture(scope="module")
+def dvc_stages() -> dict:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert sorted(stages) == sorted(STAGES)
+    return stages
+
+
+def loaded_modules(stage: str) -> set[str]:
+    """Repo-relative paths of the btbnet/ and pipeline/ files `import pipeline.<stage>` loads."""
+    code = (
+        "import json, sys, pathlib\n"
+        f"import pipeline.{stage}\n"
+        "root = pathlib.Path.cwd().resolve()\n"
+        "files = {pathlib.Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, '__file__', None)}\n"
+        f"print(json.dumps(sorted(str(f.relative_to(root)) for f in files if f.is_relative_to(root) and f.relative_to(root).parts[0] in {CODE_DIRS!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout))
+
+
+def code_deps(stage: dict) -> set[str]:
+    return {d for d in stage["deps"] if d.split("/")[0] in CODE_DIRS}
+
+
+def dep_problems(loaded: set[str], declared: set[str]) -> list[str]:
+    return [f"loads {m} without declaring it" for m in sorted(loaded - declared)] + [
+        f"declares {m} without loading it" for m in sorted(declared - loaded)
+    ]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, set[str]]:
+    return {stage: loaded_modules(stage) for stage in STAGES}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_code_deps_are_exactly_the_modules_the_stage_loads(stage, dvc_stages, loaded):
+    assert dep_problems(loaded[stage], code_deps(dvc_stages[stage])) == []
+    assert f"pipeline/{stage}.py" in loaded[stage]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_removing_a_declared_module_is_caught(stage, dvc_stages, loaded):
+    declared = code_deps(dvc_stages[stage])
+    for module in sorted(declared):
+        assert dep_problems(loaded[stage], declared - {module}) == [f"loads {module} without declaring it"]
+
+
+def test_synthesize_does_not_load_the_network(loaded):
+    """Changing the model must not regenerate the synthetic set (the lazy btbnet/__init__)."""
+    assert "btbnet/model.py" not in loaded["synthesize"] and "btbnet/train.py" not in loaded["synthesize"]
+
+
+def function_level_project_imports(path: Path) -> list[str]:
+    """`import btbnet…` / `import pipeline…` / relative imports inside functions of `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for inner in ast.walk(node):
+            names = []
+            if isinstance(inner, ast.Import):
+                names = [a.name for a in inner.names]
+            elif isinstance(inner, ast.ImportFrom):
+                names = ["." * inner.level + (inner.module or "")]
+            found += [f"{path.relative_to(REPO)}:{inner.lineno} {n}" for n in names if n.split(".")[0] in ("", *CODE_DIRS)]
+    return found
+
+
+def test_project_code_is_imported_at_module_level_only():
+    files = [p for d in CODE_DIRS for p in sorted((REPO / d).glob("*.py")) if p.name != "__init__.py"]
+    assert [f for p in files for f in function_level_project_imports(p)] == []
+
+
+# --- params ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def read_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """The keys each stage's `configure` reads from (a copy of) params.yaml."""
+    import importlib
+
+    tmp = tmp_path_factory.mktemp("params")
+    ckpt = save_checkpoint(build_model(BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0)), tmp / "p.pt")
+    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), {"pretrain": {"model": str(ckpt)}})
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    keys = {}
+    for stage in STAGES:
+        p = load_params(tmp / "params.yaml")
+        importlib.import_module(f"pipeline.{stage}").configure(p)
+        keys[stage] = p.read_keys()
+    return keys
+
+
+def param_problems(read: set[str], declared: set[str]) -> list[str]:
+    def covered(key: str, by: set[str]) -> bool:
+        return any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in by)
+
+    return [f"reads {k} without declaring it" for k in sorted(read) if not covered(k, declared)] + [
+        f"declares {k} without reading it" for k in sorted(declared) if not covered(k, read)
+    ]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_params_declared_are_exactly_the_params_read(stage, dvc_stages, read_keys):
+    assert param_problems(read_keys[stage], set(dvc_stages[stage]["params"])) == []
+    assert set(dvc_stages[stage]["params"]) == read_keys[stage]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_removing_a_declared_param_is_caught(stage, dvc_stages, read_keys):
+    declared = set(dvc_stages[stage]["params"])
+    for key in sorted(declared):
+        assert param_problems(read_keys[stage], declared - {key}) == [f"reads {key} without declaring it"]
+
+
+def test_the_architecture_reruns_model_stages_only(read_keys):
+    """`scales` / `rrnet_steps` (the `-S` of the README) reach pretrain and nothing else reads
+    them: finetune and evaluate take the architecture from the checkpoint."""
+    for key in ("scales", "rrnet_steps", "model"):
+        assert [s for s in STAGES if key in read_keys[s]] == ["pretrain"], key
