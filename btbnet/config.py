@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 VARIANTS = ("paper", "fast")
+NORMS = ("none", "batch")
 
 
 class ConfigError(ValueError):
@@ -156,12 +157,16 @@ class BTBNetConfig:
     scales:       one BTBNet stream per entry (section 3.1, Table 2); (1, 0.8, 0.6) is the paper's.
                   Each must be in (0, 1]: a stream sees the image at most at its own size.
     rrnet_steps:  recurrent RRNet refinements (eq. 5); 0 means FNet alone, 3 is the paper's.
+    norm:         "none" (the paper's VGG16) or "batch": BatchNorm after every backbone conv,
+                  as torchvision's vgg16_bn, for training from random initialisation, where
+                  it lets a network learn in a CPU budget (README, "Real photographs").
     """
 
     variant: str = "paper"
     width: float = 1.0
     scales: tuple[float, ...] = (1.0, 0.8, 0.6)
     rrnet_steps: int = 3
+    norm: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(self.scales))
@@ -175,6 +180,8 @@ class BTBNetConfig:
                 raise ConfigError(f"scales: every scale must be in (0, 1], got {s!r} in {list(self.scales)}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         check_int("rrnet_steps", self.rrnet_steps, 0)
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm: must be one of {NORMS}, got {self.norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

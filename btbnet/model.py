@@ -8,7 +8,8 @@ Module tree (these names are what checkpoints and `vgg16_to_btbnet` use):
     MultiStreamBTBNet
     ├── streams[n]: BTBNet                      one per scale, own weights
     │   ├── backbone: VGG16Backbone             bottom-top stream, VGG16's 13 convs
-    │   │   └── blocks[b].convs[i]: Conv2d      b = 0…4, VGG16 conv{b+1}_{i+1}
+    │   │   ├── blocks[b].convs[i]: Conv2d      b = 0…4, VGG16 conv{b+1}_{i+1}
+    │   │   └── blocks[b].norms[i]: BatchNorm2d only with norm="batch"
     │   └── top_bottom: TopBottomStream
     │       └── steps[k]: FFIC                  k = 0…3, 256/128/64/1 channels
     ├── fnet: FNet                              eq. 2–4
@@ -26,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import BTBNetConfig
+from .config import BTBNetConfig, ConfigError
 
 # VGG16 conv channels per block (Simonyan & Zisserman, configuration D).
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -53,15 +54,19 @@ def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
 
 
 class VGGBlock(nn.Module):
-    """One VGG16 block: 3×3 Conv+ReLU layers at constant resolution."""
+    """One VGG16 block: 3×3 Conv(+BatchNorm)+ReLU layers at constant resolution."""
 
-    def __init__(self, c_in: int, widths: tuple[int, ...]):
+    def __init__(self, c_in: int, widths: tuple[int, ...], batch_norm: bool = False):
         super().__init__()
         self.convs = nn.ModuleList(conv3x3(a, b) for a, b in zip((c_in, *widths[:-1]), widths))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(b) for b in widths) if batch_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = F.relu(conv(x), inplace=True)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = F.relu(x, inplace=True)
         return x
 
 
@@ -79,7 +84,7 @@ class VGG16Backbone(nn.Module):
         blocks, c_in = [], 3
         for widths in VGG16_BLOCKS:
             widths = tuple(config.channels(c) for c in widths)
-            blocks.append(VGGBlock(c_in, widths))
+            blocks.append(VGGBlock(c_in, widths, batch_norm=config.norm == "batch"))
             c_in = widths[-1]
         self.blocks = nn.ModuleList(blocks)
 
@@ -275,6 +280,8 @@ def build_model(config: BTBNetConfig | None = None, vgg16_weights: str | Path | 
     """
     model = MultiStreamBTBNet(config or BTBNetConfig())
     if vgg16_weights is not None:
+        if model.config.norm != "none":
+            raise ConfigError(f"norm: torchvision's VGG16 weights have no BatchNorm; use norm none with them, got {model.config.norm!r}")
         state = vgg16_to_btbnet(load_vgg16_state_dict(vgg16_weights), num_streams=len(model.streams))
         check_shapes(model, state, source=str(vgg16_weights))
         model.load_state_dict(state, strict=False)

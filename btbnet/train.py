@@ -13,6 +13,7 @@ works as is (its gradients are synchronised in `backward`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,8 @@ from .config import ConfigError, check_int, check_number
 from .losses import REDUCTIONS, loss_terms
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine")
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -30,21 +33,33 @@ StepCallback = Callable[[int, dict[str, float]], None]
 class OptimConfig:
     """Optimiser and loss settings; defaults are the paper's (sections 3.3 and 4.1).
 
-    lr_backbone:     SGD learning rate of the VGG16 backbones.
+    optimizer:       "sgd" (the paper's) or "adamw" (Loshchilov & Hutter; trains a randomly
+                     initialised network much faster, for recipes without ImageNet weights).
+    lr_backbone:     learning rate of the VGG16 backbones.
     lr_new:          learning rate of the randomly initialised layers.
-    momentum:        SGD momentum, in [0, 1).
-    weight_decay:    L2 penalty (SGD's weight_decay), >= 0.
+    momentum:        SGD momentum, in [0, 1); AdamW's β₁.
+    weight_decay:    SGD's L2 penalty, AdamW's decoupled decay; >= 0.
     aux_weight:      αₙ of eq. 7: one number for every stream, or one per stream.
     loss_reduction:  "mean" (over pixels and batch) or "sum" (over pixels, mean over the
                      batch); see `btbnet.losses`.
+    schedule:        "constant" (the paper's) or "cosine": both rates decay along a half
+                     cosine to min_lr_ratio × themselves at the last step of the run.
+    warmup_steps:    linear warm-up from 0 over this many first steps (0: none).
+    min_lr_ratio:    the cosine's floor, as a fraction of the initial rates.
+    clip_grad_norm:  rescale the gradients so their global L2 norm is at most this (None: off).
     """
 
+    optimizer: str = "sgd"
     lr_backbone: float = 1e-4
     lr_new: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
     aux_weight: float | tuple[float, ...] = 1.0
     loss_reduction: str = "mean"
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         for key in ("lr_backbone", "lr_new", "weight_decay"):
@@ -60,6 +75,16 @@ class OptimConfig:
             check_number("aux_weight", self.aux_weight, low=0.0)
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"loss_reduction: must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_number("min_lr_ratio", self.min_lr_ratio, 0.0)
+        if self.min_lr_ratio > 1:
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.clip_grad_norm is not None:
+            check_number("clip_grad_norm", self.clip_grad_norm, 0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,8 @@ class LoopConfig:
         check_int("seed", self.seed, 0)
 
 
-def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
-    """SGD with two parameter groups (section 4.1), named by their "name" entry.
+def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (or AdamW) with two parameter groups (section 4.1), named by their "name" entry.
 
     "backbone": `model.backbone_parameters()` at `lr_backbone`;
     "new":      `model.new_parameters()` at `lr_new`.
@@ -96,7 +121,23 @@ def make_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.SGD:
         {"name": "backbone", "params": net.backbone_parameters(), "lr": config.lr_backbone},
         {"name": "new", "params": net.new_parameters(), "lr": config.lr_new},
     ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr_new, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr_new, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: OptimConfig, step: int, total_steps: int) -> float:
+    """The multiplier of both learning rates at `step` (0-based) of a `total_steps` run."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.schedule == "constant":
+        return warm
+    progress = min(1.0, step / max(1, total_steps - 1))
+    return warm * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """`lr_factor` as a scheduler: call `.step()` after every optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, total_steps))
 
 
 def train_step(
@@ -119,6 +160,8 @@ def train_step(
     terms = loss_terms(model(images), masks, config.aux_weight, config.loss_reduction)
     check_finite(terms, step)
     terms["total"].backward()
+    if config.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
     optimizer.step()
     return {k: float(v.detach()) for k, v in terms.items()}
 
@@ -131,11 +174,13 @@ def train_epoch(
     device: str | torch.device = "cpu",
     on_step: StepCallback | None = None,
     max_steps: int | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` (at most `max_steps` batches); mean of each loss term.
 
     The means are weighted by batch size, i.e. per-sample averages over the epoch.
-    `on_step(step_index, terms)` is called after every step, step_index counting from 0.
+    `on_step(step_index, terms)` is called after every step, step_index counting from 0;
+    `scheduler` (see `make_scheduler`), if given, steps after every optimiser step.
     """
     totals = _RunningMean()
     for step, batch in enumerate(loader):
@@ -143,6 +188,8 @@ def train_epoch(
             break
         images, masks = to_device(batch, device)
         terms = train_step(model, images, masks, optimizer, config, step=step)
+        if scheduler is not None:
+            scheduler.step()
         totals.add(terms, weight=images.shape[0])
         if on_step is not None:
             on_step(step, terms)

@@ -1,16 +1,18 @@
 """Stage `evaluate`: section 4.2's criteria, under both scoring protocols, on every test set.
 
-Reads `finetune.model` (the model) and `evaluate`. For each test set, `metrics/evaluate.json`
-holds per protocol of `btbnet.metrics` ("paper": in-focus positives, adaptive threshold, F of
-the mean P and R and the per-image mean F, MAE, max-F; "ddff": blurred positives, threshold
-0.5, per-image F averaged, MAE) the model's figures and those of the all-in-focus map
-(`baseline`); the "paper" PR curve over thresholds 0…255 is a DVC plot (`plots_dir`), and
-`figures_dir` gets PNGs: the PR curves and an image | truth | prediction grid.
+Reads `finetune.model` (the model), `evaluate` and `baselines.metrics` (the baselines stage's
+figures). For each test set there is, `metrics/evaluate.json` holds the model's figures per
+protocol of `btbnet.metrics` ("paper": in-focus positives, adaptive threshold, F of the mean
+P and R and the per-image mean F, MAE, max-F; "ddff": blurred positives, threshold 0.5,
+per-image F averaged, MAE); the "paper" PR curve over thresholds 0…255 is a DVC plot
+(`plots_dir`), and `figures_dir` gets the PR curves and an image | truth | prediction grid as
+PNG, and `table1.md`: the paper's Table 1, BTBNet beside every baseline, set × protocol.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +21,16 @@ import mlflow
 import torch
 from PIL import Image
 
-from btbnet.baselines import all_in_focus
 from btbnet.checkpoint import load_checkpoint
-from btbnet.config import check_int, to_dict
-from btbnet.data import find_pairs
-from btbnet.evaluation import TestSet, evaluate
+from btbnet.config import ConfigError, check_int, to_dict
+from btbnet.evaluation import comparison_table, evaluate
 from btbnet.metrics import PROTOCOLS, reported_keys
 from btbnet.predict import predict_map
 
 from . import stage
 from .figures import image_grid, plot_pr_curves
-from .params import Params, ParamsError, resolve
+from .params import Params, resolve
+from .testsets import TestSets, read_test_sets
 from .tracking import stage_run
 
 NAME = "evaluate"
@@ -37,12 +38,10 @@ NAME = "evaluate"
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """data_root: the folder holding every test set (the stage's DVC dependency); max_size:
-    longer side the model sees, maps resized back (None: native); examples: rows of the
-    example grid; device: auto, cpu, cuda or cuda:N."""
+    """The `evaluate` section besides its test sets (`pipeline.testsets`): max_size, the longer
+    side the model sees, maps resized back (None: native; use the training `input.max_size`);
+    examples: rows of the example grid; device: auto, cpu, cuda or cuda:N; the outputs."""
 
-    data_root: str
-    test_sets: tuple[TestSet, ...]
     metrics: str
     plots_dir: str
     figures_dir: str
@@ -51,26 +50,27 @@ class EvaluateConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not self.test_sets:
-            raise ParamsError("test_sets: must list at least one test set")
-        names = [t.name for t in self.test_sets]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise ParamsError(f"test_sets[{i}].name: {name!r} is already used by test_sets[{names.index(name)}]")
         check_int("max_size", self.max_size, 8, allow_none=True)
         check_int("examples", self.examples, 0)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ParamsError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)
 class EvaluateStage:
     model: Path
+    baselines: Path  # the baselines stage's figures, for Table 1
+    sets: TestSets
     evaluate: EvaluateConfig
 
 
 def configure(params: Params) -> EvaluateStage:
-    return EvaluateStage(model=resolve(params["finetune"]["model"]), evaluate=params.build(EvaluateConfig, NAME))
+    return EvaluateStage(
+        model=resolve(params["finetune"]["model"]),
+        baselines=resolve(params["baselines"]["metrics"]),
+        sets=read_test_sets(params),
+        evaluate=params.build(EvaluateConfig, NAME, drop=("data_root", "test_sets")),
+    )
 
 
 def write_pr_curve(path: Path, result: dict) -> None:
@@ -85,46 +85,36 @@ def run(cfg: EvaluateStage) -> None:
     e = cfg.evaluate
     device = ("cuda" if torch.cuda.is_available() else "cpu") if e.device == "auto" else e.device
     model = load_checkpoint(cfg.model, map_location=device)
-    root = resolve(e.data_root)
-    for t in e.test_sets:  # fail fast, before anything is written
-        find_pairs(root / t.folder)
-    predictors = {
-        "model": lambda image: predict_map(model, image, max_size=e.max_size, device=device),
-        "baseline": all_in_focus,
-    }
-    with stage_run(NAME, {"model": model.config.to_dict(), NAME: to_dict(e)}):
+    sets = cfg.sets.present()  # fail fast, before anything is written
+    baselines = json.loads(cfg.baselines.read_text())
+    predict = {"BTBNet": lambda image: predict_map(model, image, max_size=e.max_size, device=device)}
+    with stage_run(NAME, {"model": model.config.to_dict(), NAME: to_dict(e), "sets": to_dict(cfg.sets)}):
         report, curves, grids = {}, {}, {}
         with stage.staged(resolve(e.plots_dir)) as plots_dir:
             plots_dir.mkdir()
-            for t in e.test_sets:
-                ev = evaluate(predictors, root / t.folder, t.polarity, examples=e.examples, desc=f"evaluate {t.name}")
-                ours, baseline = ev.results["model"], ev.results["baseline"]
+            for t, folder, stems in sets:
+                ev = evaluate(predict, folder, t.polarity, examples=e.examples, desc=f"evaluate {t.name}", stems=stems)
+                ours = ev.results["BTBNet"]
                 report[t.name] = {p: {k: ours[p][k] for k in reported_keys(p)} for p in PROTOCOLS}
                 report[t.name]["images"] = ours["paper"]["images"]
-                report[t.name]["baseline"] = {p: {k: baseline[p][k] for k in ("f_measure", "mae")} for p in PROTOCOLS}
                 curves[t.name] = (ours["paper"]["pr_precision"], ours["paper"]["pr_recall"])
                 grids[t.name] = ev.examples
                 write_pr_curve(plots_dir / f"{t.name}.csv", ours["paper"])
                 for p in PROTOCOLS:
                     mlflow.log_metrics({f"{t.name}/{p}/{k}": v for k, v in report[t.name][p].items()})
-                    mlflow.log_metrics({f"{t.name}/{p}/baseline_{k}": v for k, v in report[t.name]["baseline"][p].items()})
+        table = comparison_table({"BTBNet": report, **baselines})
         with stage.staged(resolve(e.figures_dir)) as figures_dir:
             figures_dir.mkdir()
             plot_pr_curves(curves, figures_dir / "pr_curves.png")
             for name, rows in grids.items():
                 if rows:
                     Image.fromarray(image_grid(rows)).save(figures_dir / f"examples_{name}.png")
+            (figures_dir / "table1.md").write_text(table)
         stage.write_json(resolve(e.metrics), report)
         mlflow.log_artifact(str(resolve(e.metrics)))
         for folder in (resolve(e.plots_dir), resolve(e.figures_dir)):
             mlflow.log_artifacts(str(folder), artifact_path=folder.name)
-    for name, r in report.items():
-        paper, ddff, base = r["paper"], r["ddff"], r["baseline"]["paper"]
-        print(
-            f"evaluate {name}: paper F {paper['f_measure']:.3f} (per image {paper['f_measure_per_image']:.3f})  "
-            f"MAE {paper['mae']:.3f}  max-F {paper['f_max']:.3f}  ddff F {ddff['f_measure']:.3f}  "
-            f"(all-in-focus: F {base['f_measure']:.3f}, MAE {base['mae']:.3f})"
-        )
+    print(table)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from btbnet.checkpoint import read_config
-from btbnet.data import check_polarity
+from btbnet.data import check_polarity, read_stems
 
 from . import stage
 from .params import Params, resolve
@@ -22,12 +22,14 @@ NAME = "finetune"
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The `finetune` section besides its recipe overrides: the defocus training set `data`
-    (image/ + gt/), what white means in its masks, and the outputs."""
+    (image/ + gt/), what white means in its masks, the outputs, and `exclude`: a file of
+    stems (data/splits/) held out of training for validation (None: train on every pair)."""
 
     data: str
     model: str
     metrics: str
     polarity: str = "blurred"
+    exclude: str | None = None
 
     def __post_init__(self) -> None:
         check_polarity(self.polarity)
@@ -45,6 +47,7 @@ def configure(params: Params) -> StageSpec:
         train=train_config(params, NAME),
         model=read_config(init),
         init_checkpoint=init,
+        exclude=tuple(read_stems(resolve(own.exclude))) if own.exclude else (),
     )
 
 

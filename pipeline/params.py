@@ -68,11 +68,16 @@ class Params(Mapping[str, Any]):
         """The dotted keys read so far, each section read as a whole standing for its keys."""
         return {k for k in self.accessed if not any(k.startswith(f"{a}.") for a in self.accessed)}
 
-    def build(self, cls: type[T], name: str, drop: tuple[str, ...] = ()) -> T:
-        """Dataclass `cls` from section `name` (without the keys in `drop`); errors name the key."""
+    def section(self, name: str) -> "Params":
+        """The section `name`; ParamsError naming it if it is not a mapping."""
         section = self[name]
         if not isinstance(section, Params):
             raise ParamsError(f"{self._child(name)}: expected a mapping, got {section!r}")
+        return section
+
+    def build(self, cls: type[T], name: str, drop: tuple[str, ...] = ()) -> T:
+        """Dataclass `cls` from section `name` (without the keys in `drop`); errors name the key."""
+        section = self.section(name)
         values = {k: section[k] for k in section if k not in drop}
         return from_mapping(cls, values, prefix=f"{self._child(name)}.")
 

@@ -34,7 +34,7 @@ from btbnet.checkpoint import load_checkpoint, save_checkpoint
 from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, deep_merge, from_mapping, to_dict
 from btbnet.data import InputConfig, PairDataset
 from btbnet.model import FocusMap, build_model
-from btbnet.train import LoopConfig, OptimConfig, make_optimizer, train_epoch
+from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
 
 from . import stage
 from .figures import plot_lines
@@ -79,8 +79,8 @@ class TrainConfig:
             raise ConfigError(
                 f"loop.batch_size: {self.loop.batch_size} is not divisible by ray.num_workers={self.ray.num_workers}"
             )
-        if self.input.image_size is None and self.loop.batch_size != self.ray.num_workers:
-            raise ConfigError("input.image_size: null (native sizes) needs loop.batch_size 1 per worker")
+        if not self.input.fixed_size and self.loop.batch_size != self.ray.num_workers:
+            raise ConfigError("input.image_size: null with no crop_size (native sizes) needs loop.batch_size 1 per worker")
 
 
 BLOCKS = ("optim", "loop", "input", "ray")
@@ -88,7 +88,7 @@ BLOCKS = ("optim", "loop", "input", "ray")
 
 def train_config(params: Params, name: str) -> TrainConfig:
     """`train:` with the blocks of section `name` merged over it; errors name the key."""
-    shared, own = params["train"], params[name]
+    shared, own = params.section("train"), params.section(name)
     blocks = {}
     for block in BLOCKS:
         source = name if block in own else "train"
@@ -118,6 +118,10 @@ class StageSpec:
     model: BTBNetConfig  # the architecture (for finetune: the pre-trained checkpoint's)
     init_checkpoint: Path | None = None  # start from these weights …
     vgg16_weights: str | None = None  # … or from ImageNet VGG16 backbones (section 3.3), or random
+    exclude: tuple[str, ...] = ()  # stems of `data` held out (a validation split)
+
+    def dataset(self) -> PairDataset:
+        return self.train.input.dataset(self.data, self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
 
 
 def make_loader(dataset: PairDataset, train: TrainConfig, rank: int, world: int) -> DataLoader:
@@ -149,22 +153,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, t.optim)
 
-    loader = make_loader(t.input.dataset(spec.data, spec.polarity), t, rank, world)
+    dataset = spec.dataset()
+    loader = make_loader(dataset, t, rank, world)
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     device = ray.train.torch.get_device()
     logger = MetricLogger(*config["mlflow"]) if rank == 0 else None
     steps_per_epoch = min(len(loader), t.loop.max_steps_per_epoch or len(loader))
+    scheduler = make_scheduler(optimizer, t.optim, total_steps=t.loop.epochs * steps_per_epoch)
 
     for epoch in range(t.loop.epochs):
         loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
 
         def on_step(step: int, terms: dict[str, float]) -> None:
             if logger and (step % 5 == 0 or step == steps_per_epoch - 1):
                 logger.log({f"step/{k}": v for k, v in terms.items()}, step=epoch * steps_per_epoch + step)
 
         terms = train_epoch(
-            model, loader, optimizer, t.optim, device=device, on_step=on_step, max_steps=t.loop.max_steps_per_epoch
-        )
+            model, loader, optimizer, t.optim, device=device, on_step=on_step,
+            max_steps=t.loop.max_steps_per_epoch, scheduler=scheduler,
+        )  # fmt: skip
         metrics = {f"epoch/{k}": v for k, v in terms.items()} | {"epoch": epoch}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -247,7 +255,7 @@ def log_model(checkpoint: Path, example_size: int) -> None:
 
 def train_stage(spec: StageSpec) -> None:
     """A whole training stage: check the data, fit on Ray, write model + metrics, log to MLflow."""
-    dataset = spec.train.input.dataset(spec.data, spec.polarity)  # fails fast, names the file
+    dataset = spec.dataset()  # fails fast, names the file
     logged = {
         "model": spec.model.to_dict(),
         "train": to_dict(spec.train),
@@ -263,5 +271,5 @@ def train_stage(spec: StageSpec) -> None:
         stage.write_json(spec.metrics, metrics)
         mlflow.log_artifact(str(spec.metrics))
         log_loss_curves(run.info.run_id)
-        log_model(spec.out, example_size=spec.train.input.image_size or 64)
+        log_model(spec.out, example_size=spec.train.input.crop_size or spec.train.input.image_size or 64)
     print(f"{spec.name}: loss {metrics.get('epoch/total', float('nan')):.4f} after {spec.train.loop.epochs} epochs, model in {spec.out}")

@@ -333,3 +333,76 @@ def test_pair_dataset_works_with_dataloader(tmp_path):
     loader = torch.utils.data.DataLoader(PairDataset(tmp_path, "blurred", size=8, augment=True), batch_size=4)
     images, masks = next(iter(loader))
     assert images.shape == (4, 3, 8, 8) and masks.shape == (4, 1, 8, 8)
+
+
+# --- splits, shrinking, crops ---------------------------------------------------------------
+
+SPLITS = Path(__file__).resolve().parents[1] / "data" / "splits"
+
+
+def test_the_committed_validation_split_follows_its_rule():
+    from btbnet.data import holdout_stems, read_stems
+
+    train, val = read_stems(SPLITS / "cuhk_train.txt"), read_stems(SPLITS / "cuhk_val.txt")
+    assert len(train) == 604 and len(set(train)) == 604 and len(val) == 100
+    assert holdout_stems(train, 100, seed=2018) == val
+    assert holdout_stems(train, 100, seed=2019) != val
+
+
+def test_read_stems_skips_comments_and_names_a_missing_file(tmp_path):
+    from btbnet.data import read_stems
+
+    (tmp_path / "s.txt").write_text("# held out\na\n\nb  # second\n")
+    assert read_stems(tmp_path / "s.txt") == ["a", "b"]
+    with pytest.raises(DataError, match="nowhere.txt: stem list not found"):
+        read_stems(tmp_path / "nowhere.txt")
+
+
+def striped_pair(root: Path, stem: str, h: int, w: int) -> None:
+    """An image whose pixel (y, x) encodes its coordinates, and a mask blurred left of w // 2."""
+    (root / "image").mkdir(parents=True, exist_ok=True)
+    (root / "gt").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.indices((h, w))
+    image = np.stack([yy % 256, xx % 256, (yy + xx) % 256], axis=2).astype(np.uint8)
+    Image.fromarray(image).save(root / "image" / f"{stem}.png")
+    Image.fromarray(np.where(xx < w // 2, 255, 0).astype(np.uint8)).save(root / "gt" / f"{stem}.png")  # 255 = blurred
+
+
+def test_exclude_leaves_out_the_listed_stems_and_names_unknown_ones(tmp_path):
+    for stem in ("a", "b", "c"):
+        striped_pair(tmp_path, stem, 8, 8)
+    assert PairDataset(tmp_path, "blurred", size=None, exclude=["b"]).stems == ["a", "c"]
+    with pytest.raises(DataError, match="excluded stem 'z' is not in the data set"):
+        PairDataset(tmp_path, "blurred", size=None, exclude=["z"])
+
+
+def test_crops_are_windows_of_the_shrunk_pair_redrawn_each_epoch(tmp_path):
+    striped_pair(tmp_path, "a", 40, 60)
+    data = PairDataset(tmp_path, "blurred", size=None, augment=False, max_size=30, crop_size=12, seed=3)
+    image, mask = data.arrays(0)
+    assert image.shape == (12, 12, 3) and mask.shape == (12, 12)
+    shrunk, shrunk_mask = PairDataset(tmp_path, "blurred", size=None, max_size=30).arrays(0)
+    assert shrunk.shape == (20, 30, 3)  # the longer side is max_size
+    windows = [(y, x) for y in range(20 - 11) for x in range(30 - 11)
+               if np.array_equal(shrunk[y:y + 12, x:x + 12], image) and np.array_equal(shrunk_mask[y:y + 12, x:x + 12], mask)]
+    assert len(windows) == 1  # the crop is one window of the shrunk pair, image and mask aligned
+    again = PairDataset(tmp_path, "blurred", size=None, max_size=30, crop_size=12, seed=3).arrays(0)
+    assert np.array_equal(again[0], image)  # (seed, epoch, item) decide the window
+    data.set_epoch(1)
+    assert not np.array_equal(data.arrays(0)[0], image)
+
+
+def test_a_45_degree_version_too_small_for_the_crop_falls_back_to_the_right_angle(tmp_path):
+
+    striped_pair(tmp_path, "a", 20, 30)
+    data = PairDataset(tmp_path, "blurred", size=None, augment=True, crop_size=18)
+    # version 2 is 45°: its inscribed square (floor(20 / √2) = 14) < 18, so version 0 is used
+    image, _ = data.arrays(2)
+    base, base_mask = PairDataset(tmp_path, "blurred", size=None).arrays(0)
+    assert image.shape == (18, 18, 3)
+    assert any(np.array_equal(base[y:y + 18, x:x + 18], image) for y in range(3) for x in range(13))
+    assert augment(base, base_mask, 2)[0].shape[0] == 14
+def test_a_pair_smaller_than_the_crop_is_upscaled_first(tmp_path):
+    striped_pair(tmp_path, "a", 10, 16)
+    image, mask = PairDataset(tmp_path, "blurred", size=None, crop_size=20).arrays(0)
+    assert image.shape == (20, 20, 3) and set(np.unique(mask)) <= {0, 255}

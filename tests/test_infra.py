@@ -221,6 +221,7 @@ def configure_all(path: Path) -> dict[str, Any]:
     checkpoint only for the architecture, so it is pointed at a tiny one)."""
     import torch
 
+    import pipeline.baselines
     import pipeline.evaluate
     import pipeline.finetune
     import pipeline.pretrain
@@ -237,7 +238,7 @@ def configure_all(path: Path) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(params))
     modules = {
         "synthesize": pipeline.synthesize, "pretrain": pipeline.pretrain,
-        "finetune": pipeline.finetune, "evaluate": pipeline.evaluate,
+        "finetune": pipeline.finetune, "baselines": pipeline.baselines, "evaluate": pipeline.evaluate,
     }  # fmt: skip
     return {name: m.configure(load_params(path)) for name, m in modules.items()}
 
@@ -247,7 +248,7 @@ def test_every_preset_merged_over_params_configures_every_stage(preset_file: Pat
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), yaml.safe_load(preset_file.read_text()))))
     configured = configure_all(path)
-    assert set(configured) == {"synthesize", "pretrain", "finetune", "evaluate"}
+    assert set(configured) == {"synthesize", "pretrain", "finetune", "baselines", "evaluate"}
 
 
 def test_paper_preset_is_the_papers_recipe(tmp_path: Path, paper: dict[str, Any]) -> None:
@@ -261,7 +262,7 @@ def test_paper_preset_is_the_papers_recipe(tmp_path: Path, paper: dict[str, Any]
         assert (t.optim.lr_backbone, t.optim.lr_new, t.optim.momentum, t.optim.weight_decay) == (1e-4, 1e-3, 0.9, 5e-4)
         assert (t.ray.num_workers, t.ray.use_gpu, t.input.image_size) == (8, True, None)
     assert (pre.train.loop.epochs, fine.train.loop.epochs) == (1, 10)  # per-stage overrides of train.loop
-    assert [t.name for t in c["evaluate"].evaluate.test_sets] == ["shi", "dut"]
+    assert [t.name for t in c["evaluate"].sets.test_sets] == ["shi", "dut"]
 
 
 def test_paper_scale_training_fits_the_gpu_workers(cluster: dict[str, Any], paper: dict[str, Any]) -> None:

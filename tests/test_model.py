@@ -26,9 +26,9 @@ FRRNET = [64, 128, 64, 1]
 VGG16_FEATURES_PARAMS = 14_714_688  # torchvision vgg16().features, a well-known figure
 
 
-def tiny(variant: str = "paper", scales=(1.0, 0.8), rrnet_steps: int = 1, seed: int = 0) -> nn.Module:
+def tiny(variant: str = "paper", scales=(1.0, 0.8), rrnet_steps: int = 1, seed: int = 0, norm: str = "none") -> nn.Module:
     torch.manual_seed(seed)
-    return build_model(BTBNetConfig(variant=variant, width=TINY, scales=scales, rrnet_steps=rrnet_steps))
+    return build_model(BTBNetConfig(variant=variant, width=TINY, scales=scales, rrnet_steps=rrnet_steps, norm=norm))
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -64,11 +64,12 @@ def test_backbone_resolution_per_variant(variant: str) -> None:
 # --- training: forward + backward ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("norm", ["none", "batch"])
 @pytest.mark.parametrize("rrnet_steps", [0, 1, 3])
 @pytest.mark.parametrize("scales", TABLE2_SCALES, ids=lambda s: f"{len(s)}S")
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_forward_backward_reaches_every_parameter(variant: str, scales: tuple[float, ...], rrnet_steps: int) -> None:
-    model = tiny(variant, scales, rrnet_steps).train()
+def test_forward_backward_reaches_every_parameter(variant: str, scales: tuple[float, ...], rrnet_steps: int, norm: str) -> None:
+    model = tiny(variant, scales, rrnet_steps, norm=norm).train()
     assert (model.rrnet is None) == (rrnet_steps == 0)
     image = torch.rand(2, 3, 13, 18)
     target = (torch.rand(2, 1, 13, 18) > 0.5).float()
@@ -179,6 +180,24 @@ def test_fnet_and_rrnet_see_probability_maps_and_the_normalised_image() -> None:
         fused = model.fnet(out.streams, normalised)
         step1 = super(RRNet, model.rrnet).forward([fused], normalised)
     torch.testing.assert_close(seen["rrnet"][1][:, :1], torch.sigmoid(step1))
+
+
+def test_batch_norm_follows_every_backbone_conv_only_when_asked() -> None:
+    plain, normed = tiny(norm="none"), tiny(norm="batch")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    bns = [m for m in normed.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 * 13  # two streams × VGG16's 13 convs
+    assert [bn.num_features for bn in bns[:13]] == [max(1, round(c * TINY)) for block in VGG16_CONVS for c in block]
+    assert all(isinstance(m, nn.BatchNorm2d) is False for m in normed.fnet.modules())  # FNet / RRNet as in the paper
+    image = torch.rand(2, 3, 16, 16)
+    normed.eval()
+    with torch.no_grad():  # eval mode: running statistics, so a sample's map does not depend on its batch
+        torch.testing.assert_close(normed(image[:1]).final, normed(image).final[:1])
+
+
+def test_imagenet_weights_refuse_batch_norm(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^norm: torchvision's VGG16 weights have no BatchNorm"):
+        build_model(BTBNetConfig(width=TINY, norm="batch"), vgg16_weights=tmp_path / "unused.pth")
 
 
 def test_backbone_and_new_parameters_partition_the_model() -> None:

@@ -30,7 +30,7 @@ from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, dvc, read_p
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("synthesize", "pretrain", "finetune", "evaluate")
+STAGES = ("synthesize", "pretrain", "finetune", "baselines", "evaluate")
 REPORTED = {"paper": ("f_measure", "f_measure_per_image", "precision", "recall", "mae", "f_max"),
             "ddff": ("f_measure", "precision", "recall", "mae")}
 SAMPLES_PER_SOURCE = len(DIRECTIONS) * len(LEVELS)  # 20 (section 4.1)
@@ -112,16 +112,24 @@ def test_evaluation_metrics_curves_and_figures(repo, params, repro):
             for key in keys:
                 value = report[name][protocol][key]
                 assert math.isfinite(value) and 0.0 <= value <= 1.0, (name, protocol, key)
-            baseline = report[name]["baseline"][protocol]
-            assert 0.0 <= baseline["f_measure"] <= 1.0 and 0.0 <= baseline["mae"] <= 1.0
-        assert report[name]["baseline"]["ddff"]["f_measure"] == 0.0  # all in focus: no blurred positive
+    baselines = json.loads((repo / params["baselines"]["metrics"]).read_text())
+    assert sorted(baselines) == sorted(params["baselines"]["methods"])
+    for name in names:
+        assert baselines["all_in_focus"][name]["ddff"]["f_measure"] == 0.0  # no blurred positive at all
+        assert baselines["all_in_focus"][name]["paper"]["recall"] == 1.0
+        assert 0.0 < baselines["lbp"][name]["paper"]["f_measure"] <= 1.0
+        # MAE of the trivial maps: the in-focus and the blurred fractions, adding up to one
+        assert baselines["all_in_focus"][name]["paper"]["mae"] + baselines["all_blurred"][name]["paper"]["mae"] == pytest.approx(1.0)
+    table = (repo / e["figures_dir"] / "table1.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["BTBNet", *sorted(params["baselines"]["methods"])]
+    for name in names:
         with (repo / e["plots_dir"] / f"{name}.csv").open() as f:
             rows = list(csv.DictReader(f))
         assert [int(r["threshold"]) for r in rows] == list(range(256))
         assert all(0.0 <= float(r["precision"]) <= 1.0 and 0.0 <= float(r["recall"]) <= 1.0 for r in rows)
     figures = repo / e["figures_dir"]
     pngs = ["pr_curves.png", *(f"examples_{name}.png" for name in names)]
-    assert sorted(p.name for p in figures.iterdir()) == sorted(pngs)
+    assert sorted(p.name for p in figures.iterdir()) == sorted([*pngs, "table1.md"])
     for png in pngs:
         with Image.open(figures / png) as img:
             assert img.format == "PNG" and min(img.size) > 16
@@ -197,7 +205,9 @@ def test_repro_again_runs_nothing(repo, client, repro):
 
 STATUS_CASES = {
     "evaluate param": ({"evaluate": {"examples": 2}}, {"evaluate"}),
+    "test sets": ({"evaluate": {"test_sets": [{"name": "x", "folder": "test", "polarity": "blurred"}]}}, {"baselines", "evaluate"}),
     "synthesize param": ({"synthesize": {"max_size": 64}}, {"synthesize"}),
+    "baselines param": ({"baselines": {"methods": ["lbp"]}}, {"baselines"}),
     "model param": ({"model": {"width": 0.125}}, {"pretrain"}),
     "finetune param": ({"finetune": {"loop": {"epochs": 2}}}, {"finetune"}),
     "shared recipe": ({"train": {"optim": {"momentum": 0.5}}}, {"pretrain", "finetune"}),
@@ -254,7 +264,7 @@ def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):
     _, name = experiment
     assert name != "workspace"
     runs = stage_runs(client, name)
-    assert sorted(runs) == ["evaluate", "finetune", "pretrain"]
+    assert sorted(runs) == ["evaluate", "finetune", "pretrain"]  # not baselines: it reads no model
     pipeline_tags = {r.data.tags["pipeline"] for r in runs.values()}
     assert len(pipeline_tags) == 1 and pipeline_tags.pop().startswith(f"{name}@")
     assert json.loads(runs["pretrain"].data.params["model.scales"]) == [1.0, 0.8]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+import pipeline.baselines
 import pipeline.evaluate
 import pipeline.finetune
 import pipeline.pretrain
@@ -28,6 +29,7 @@ MODULES = {
     "synthesize": pipeline.synthesize,
     "pretrain": pipeline.pretrain,
     "finetune": pipeline.finetune,
+    "baselines": pipeline.baselines,
     "evaluate": pipeline.evaluate,
 }
 PRETRAINED = BTBNetConfig(variant="fast", width=0.0625, scales=(1.0, 0.5), rrnet_steps=1)
@@ -71,8 +73,10 @@ def test_real_params_configure_every_stage(tmp_path, real_params, pretrained):
     assert fine.model == PRETRAINED  # read from the checkpoint, not from params.yaml
     assert fine.train == pre.train  # no per-stage overrides in the defaults
     assert fine.init_checkpoint == pretrained and fine.polarity == "blurred"
-    e = configure("evaluate", path).evaluate
-    assert [t.name for t in e.test_sets] == ["embedded"] and e.device == "auto"
+    e = configure("evaluate", path)
+    assert [t.name for t in e.sets.test_sets] == ["embedded"] and e.evaluate.device == "auto"
+    b = configure("baselines", path)
+    assert b.sets == e.sets and "lbp" in b.baselines.methods
 
 
 def test_real_params_point_at_the_embedded_data(real_params):

@@ -26,7 +26,7 @@ from btbnet.model import build_model
 from pipeline.params import load_params
 from tests.pipeline_helpers import REPO
 
-STAGES = ("synthesize", "pretrain", "finetune", "evaluate")
+STAGES = ("synthesize", "pretrain", "finetune", "baselines", "evaluate")
 CODE_DIRS = ("btbnet", "pipeline")
 
 

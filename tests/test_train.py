@@ -1,5 +1,7 @@
 """Optimiser recipe (section 4.1) and the training loop: groups, overfitting, errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -173,3 +175,46 @@ def test_empty_loader_is_an_error():
     with pytest.raises(ValueError, match="loader"):
         train_epoch(model, [], make_optimizer(model, cfg), cfg)
 
+
+
+def test_warmup_then_cosine_to_the_floor():
+    from btbnet.train import lr_factor
+
+    cfg = OptimConfig(schedule="cosine", warmup_steps=4, min_lr_ratio=0.1)
+    factors = [lr_factor(cfg, step, total_steps=11) for step in range(11)]
+    assert factors[0] == pytest.approx(0.25)  # warm-up 1/4 of the cosine's start (1.0)
+    assert factors[1] == pytest.approx(0.48899, abs=1e-5)  # 2/4 × (0.1 + 0.9 · (1 + cos 18°) / 2)
+    assert factors[5] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way: the mean of 1 and the floor
+    assert factors[10] == pytest.approx(0.1)  # the last step sits on the floor
+    assert [lr_factor(OptimConfig(), s, 11) for s in (0, 10)] == [1.0, 1.0]  # the paper's constant rates
+
+
+def test_scheduler_moves_both_groups_and_adamw_keeps_them_apart():
+    from btbnet.train import make_scheduler
+
+    model = tiny_model()
+    cfg = OptimConfig(optimizer="adamw", lr_backbone=1e-3, lr_new=1e-2, schedule="cosine", min_lr_ratio=0.0)
+    opt = make_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    scheduler = make_scheduler(opt, cfg, total_steps=3)
+    images, masks = focus_batch(n=2)
+    lrs = []
+    for _ in range(3):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        train_step(model, images, masks, opt, cfg)
+        scheduler.step()
+    assert lrs == [pytest.approx([1e-3, 1e-2]), pytest.approx([5e-4, 5e-3]), pytest.approx([0.0, 0.0])]
+
+
+def test_gradient_clipping_bounds_the_update():
+    torch.manual_seed(0)
+    images, masks = focus_batch(n=2)
+    steps = {}
+    for clip in (None, 1e-3):
+        model = tiny_model()
+        before = [p.detach().clone() for p in model.parameters()]
+        cfg = OptimConfig(lr_backbone=1.0, lr_new=1.0, momentum=0.0, weight_decay=0.0, clip_grad_norm=clip)
+        train_step(model, images, masks, make_optimizer(model, cfg), cfg)
+        steps[clip] = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm().item()
+    assert steps[1e-3] == pytest.approx(1e-3, rel=1e-3)  # SGD with lr 1: the step is the clipped gradient
+    assert steps[None] > 10 * steps[1e-3]

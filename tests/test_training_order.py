@@ -7,6 +7,9 @@ This runs that function inside a real 2-worker TorchTrainer, as the stages do.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from btbnet.data import InputConfig
@@ -30,7 +33,8 @@ def first_batch_loop(config: dict) -> None:
     loader.sampler.set_epoch(0)
     per_worker = train.loop.batch_size // ctx.get_world_size()
     indices = list(loader.sampler)[:per_worker]
-    ray.train.report({"first_batch": [f"{dataset.stems[i // 16]}/{i % 16}" for i in indices]})
+    batch = [f"{dataset.stems[i // 16]}/{i % 16}" for i in indices]
+    (Path(config["out"]) / f"rank{ctx.get_world_rank()}.json").write_text(json.dumps(batch))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,8 @@ def ray_local():
     ray.shutdown()
 
 
-def first_batch(seed: int, tmp_path) -> list[str]:
+def first_batch(seed: int, tmp_path) -> list[list[str]]:
+    """Each rank's first batch (item names `stem/version`) for `seed`, from a real TorchTrainer."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -54,17 +59,19 @@ def first_batch(seed: int, tmp_path) -> list[str]:
     )
     trainer = TorchTrainer(
         first_batch_loop,
-        train_loop_config={"train": train},
+        train_loop_config={"train": train, "out": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path), name=f"seed{seed}-{tmp_path.name}"),
     )
-    return trainer.fit().metrics["first_batch"]  # rank 0's
+    trainer.fit()
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 def test_the_seed_decides_the_first_batch_on_two_workers(ray_local, tmp_path_factory):
     a = first_batch(1, tmp_path_factory.mktemp("a"))
     b = first_batch(2, tmp_path_factory.mktemp("b"))
     again = first_batch(1, tmp_path_factory.mktemp("c"))
-    assert len(a) == 2
+    assert [len(batch) for batch in a] == [2, 2]
+    assert set(a[0]).isdisjoint(a[1])  # the two ranks read different shards
     assert a == again
-    assert a != b
+    assert a[0] != b[0] and a[1] != b[1]
