@@ -3,6 +3,7 @@
     python infra/preset.py paper               # the paper's settings (on a Ray GPU cluster: infra/README.md)
     python infra/preset.py paper --dry-run     # print the command only
     python infra/preset.py --file other.yaml --name my-exp
+    python infra/preset.py cpu --name cpu-release -S finetune.exclude=null   # one more override
 
 A preset is a partial params.yaml: each leaf becomes one `-S key=value` (lists stay whole);
 a key that params.yaml does not have yet is added (`-S +key=value`), as DVC requires.
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from btbnet.config import flatten
+from btbnet.config import deep_merge, flatten
 
 HERE = Path(__file__).resolve().parent
 PRESETS = HERE / "presets"
@@ -68,6 +69,13 @@ def to_literal(value: Any) -> str:
     raise TypeError(f"cannot express {value!r} as an override")
 
 
+def unflatten(key: str, value: Any) -> dict[str, Any]:
+    """"a.b.c", 1 → {"a": {"b": {"c": 1}}}."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
@@ -77,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("preset", nargs="?", help=f"one of {available()}")
     parser.add_argument("--file", type=Path, help="a preset file of your own instead of a named preset")
     parser.add_argument("--name", help="DVC experiment name (default: the preset's name)")
+    parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override after the preset's (YAML value), e.g. finetune.exclude=null")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     if (args.preset is None) == (args.file is None):
@@ -85,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         parser.error(f"{path}: no such preset (presets: {', '.join(available())})")
     overrides = yaml.safe_load(path.read_text()) or {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"-S {item}: expected KEY=VALUE")
+        overrides = deep_merge(overrides, unflatten(key, yaml.safe_load(value)))
     params = yaml.safe_load(PARAMS_FILE.read_text())
     cmd = ["dvc", "exp", "run", "-n", args.name or path.stem, *override_args(overrides, params)]
     print(shlex.join(cmd), flush=True)

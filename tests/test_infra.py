@@ -373,3 +373,29 @@ def test_dvc_reads_quoted_strings_back_as_the_same_strings(tmp_path: Path) -> No
     path.write_text(yaml.safe_dump({k: 0 for k in values}))
     apply_overrides(path, preset.override_args(values)[1::2])
     assert yaml.safe_load(path.read_text()) == values
+
+
+def test_cpu_preset_trains_and_predicts_at_one_scale(tmp_path: Path) -> None:
+    """Defocus is a property of scale: synthesis, training crops and evaluation share one size."""
+    cpu = yaml.safe_load((REPO_ROOT / "infra" / "presets" / "cpu.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), cpu)))
+    c = configure_all(path)
+    sizes = {c["synthesize"].max_size, c["pretrain"].train.input.max_size, c["finetune"].train.input.max_size,
+             c["evaluate"].evaluate.max_size}  # fmt: skip
+    assert sizes == {320}
+    assert c["pretrain"].model.norm == "batch" and c["pretrain"].vgg16_weights is None  # from random init
+    assert c["finetune"].exclude == tuple((REPO_ROOT / "data" / "splits" / "cuhk_val.txt").read_text().split())
+    val = c["evaluate"].sets.test_sets[0]
+    assert (val.name, val.folder, val.stems) == ("val", "cuhk/train", "data/splits/cuhk_val.txt")
+    assert all(t.optional for t in c["evaluate"].sets.test_sets[1:])  # Shi's test split and DUT where present
+
+
+def test_extra_overrides_follow_the_preset(capsys: pytest.CaptureFixture) -> None:
+    assert preset.main(["cpu", "--dry-run", "--name", "cpu-release", "-S", "finetune.exclude=null", "-S", "model.width=0.5"]) == 0
+    argv = shlex.split(capsys.readouterr().out.strip())
+    assert argv[:5] == ["dvc", "exp", "run", "-n", "cpu-release"]
+    assigned = dict(arg.split("=", 1) for arg in argv[6::2])
+    assert assigned["finetune.exclude"] == "null" and assigned["model.width"] == "0.5"
+    with pytest.raises(SystemExit):
+        preset.main(["cpu", "--dry-run", "-S", "no-equals-sign"])
