@@ -1,6 +1,6 @@
 """Command line: `btbnet predict …` and `btbnet summary …` (also `python -m btbnet`).
 
-    btbnet predict IMAGE_OR_DIR... --model CKPT --out DIR [--overlay] [--max-size N] [--device cpu|cuda]
+    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--device cpu|cuda]
     btbnet summary [--variant paper|fast] [--width W] [--scales 1 0.8 0.6] [--rrnet-steps N] [--size S]
 
 Errors in the user's input (a missing or unreadable file, a bad setting or checkpoint) print
@@ -13,13 +13,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint
 from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
 from .predict import predict_paths
+from .pretrained import DEFAULT, MODELS, is_name, released, weights_path
 from .summary import summarize
 
 PROG = "btbnet"
@@ -54,14 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write OUT/<stem>.png, an 8-bit grey focus map (255 = in focus), for every image.",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
-    predict.add_argument("--model", required=True, metavar="CKPT", help="checkpoint written by btbnet training")
-    predict.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    predict.add_argument(
+        "--model", default=DEFAULT, metavar="NAME_OR_CKPT",
+        help=f"a released model ({', '.join(sorted(MODELS))}; default {DEFAULT}) or a checkpoint written by btbnet training",
+    )  # fmt: skip
+    predict.add_argument("--out", default="maps", metavar="DIR", help="output folder, created if missing (default: maps)")
     predict.add_argument(
         "--overlay", action="store_true", help="also write OUT/<stem>_overlay.png: image | map | shaded image"
     )
     predict.add_argument(
-        "--max-size", type=positive_int, metavar="N", help="run the model on images downscaled to at most N px"
-    )
+        "--max-size", type=positive_int, metavar="N",
+        help="run the model on images downscaled to at most N px (default: the scale the model was trained at)",
+    )  # fmt: skip
     predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     predict.set_defaults(run=run_predict)
 
@@ -84,10 +90,14 @@ def run_predict(args: argparse.Namespace) -> int:
     # predict_paths checks every input and output name before it writes the first file.
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
-    model = load_checkpoint(args.model, map_location=args.device)
-    written = predict_paths(
-        model, args.inputs, args.out, overlay=args.overlay, max_size=args.max_size, device=args.device
-    )
+    if is_name(args.model):
+        path, trained_at = weights_path(args.model), released(args.model).max_size
+    else:
+        path = Path(args.model)
+        trained_at = read_checkpoint(path)["extra"].get("max_size")
+    model = load_checkpoint(path, map_location=args.device)
+    max_size = args.max_size or trained_at
+    written = predict_paths(model, args.inputs, args.out, overlay=args.overlay, max_size=max_size, device=args.device)
     print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
 

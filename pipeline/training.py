@@ -177,7 +177,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                save_checkpoint(model, Path(tmp) / "model.pt", epoch=epoch, stage=spec.name)
+                trained_at = {"max_size": t.input.max_size} if t.input.max_size else {}  # predict at this scale
+                save_checkpoint(model, Path(tmp) / "model.pt", epoch=epoch, stage=spec.name, **trained_at)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 logger.log(metrics, step=epoch)
             ray.train.report(metrics, checkpoint=checkpoint)

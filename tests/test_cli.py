@@ -110,8 +110,8 @@ def test_missing_input_and_duplicate_stems_exit_2(checkpoint, images, tmp_path, 
 def test_usage_errors_exit_2(checkpoint, tmp_path, capsys):
     assert main(["predict", "x.png", "--model", str(checkpoint), "--out", str(tmp_path), "--max-size", "0"]) == 2
     assert "--max-size" in capsys.readouterr().err
-    assert main(["predict", "x.png", "--out", str(tmp_path)]) == 2  # --model is required
-    assert "--model" in capsys.readouterr().err
+    assert main(["predict", "x.png", "--model", "no-such-model", "--out", str(tmp_path)]) == 2
+    assert "no-such-model" in capsys.readouterr().err
     assert main([]) == 2
     assert main(["--help"]) == 0
 
@@ -150,3 +150,49 @@ def test_module_entry_point():
 def test_console_script():
     summary = run_command([str(CONSOLE_SCRIPT), "summary", "--width", "0.0625", "--size", "32"])
     assert summary["size"] == 32 and summary["params"] > 0
+
+
+@pytest.fixture
+def released_tiny(checkpoint, tmp_path, monkeypatch):
+    """`checkpoint` registered as the released default model, trained at 24 px."""
+    import hashlib
+
+    from btbnet import pretrained
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(checkpoint, weights / "tiny.pt")
+    digest = hashlib.sha256((weights / "tiny.pt").read_bytes()).hexdigest()
+    monkeypatch.setattr(pretrained, "WEIGHTS", weights)
+    monkeypatch.setitem(pretrained.MODELS, pretrained.DEFAULT, pretrained.Released("tiny.pt", digest, 24, "test"))
+    return weights / "tiny.pt"
+
+
+def test_predict_without_model_uses_the_released_one_at_its_scale(released_tiny, tmp_path, monkeypatch):
+    image = np.random.default_rng(0).integers(0, 256, (30, 48, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "photo.png"]) == 0
+    written = np.asarray(Image.open(tmp_path / "maps" / "photo.png"))  # the default --out
+    expected = predict_map(load_checkpoint(released_tiny), image, max_size=24)  # the model's training scale
+    np.testing.assert_array_equal(written, expected)
+    assert not np.array_equal(written, predict_map(load_checkpoint(released_tiny), image))
+
+
+def test_an_altered_released_file_is_refused(released_tiny, tmp_path, capsys):
+    released_tiny.write_bytes(released_tiny.read_bytes()[:-10])
+    assert main(["predict", "x.png", "--out", str(tmp_path)]) == 2
+    assert "is not the released" in capsys.readouterr().err
+
+
+def test_a_checkpoint_predicts_at_the_scale_it_was_trained_at(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(BTBNetConfig(variant="fast", width=0.0625, scales=(1.0,), rrnet_steps=0))
+    ckpt = save_checkpoint(model, tmp_path / "m.pt", max_size=16)
+    image = np.random.default_rng(1).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "p.png")
+    assert main(["predict", str(tmp_path / "p.png"), "--model", str(ckpt), "--out", str(tmp_path / "o")]) == 0
+    written = np.asarray(Image.open(tmp_path / "o" / "p.png"))
+    np.testing.assert_array_equal(written, predict_map(load_checkpoint(ckpt), image, max_size=16))
+    assert main(["predict", str(tmp_path / "p.png"), "--model", str(ckpt), "--out", str(tmp_path / "n"), "--max-size", "40"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "n" / "p.png")), predict_map(load_checkpoint(ckpt), image))

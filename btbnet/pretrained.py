@@ -1,0 +1,68 @@
+"""Released models, loadable by name: `load_pretrained("btbnet-cpu")`.
+
+Each released checkpoint ships inside the package (`btbnet/weights/`), with the scale it was
+trained at: its maps are only right when the photograph is shown to it at that scale, so
+`predict_map(model, image, max_size=released.max_size)` (what `btbnet predict` does when
+`--model` is a name or absent). The model cards are in `docs/models.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .model import MultiStreamBTBNet
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class Released:
+    """A released checkpoint: its file in btbnet/weights/, SHA-256, and the longer side (px)
+    that photographs are shrunk to before the model sees them (as in its training)."""
+
+    file: str
+    sha256: str
+    max_size: int | None
+    summary: str
+
+
+MODELS: dict[str, Released] = {}  # filled by `register`, below
+DEFAULT = "btbnet-cpu"
+
+
+def register(name: str, released: Released) -> None:
+    MODELS[name] = released
+
+
+def released(name: str) -> Released:
+    """The entry of `name`; ValueError listing the known names."""
+    if name not in MODELS:
+        raise ValueError(f"{name}: no released model of that name (released: {', '.join(sorted(MODELS)) or 'none'})")
+    return MODELS[name]
+
+
+def weights_path(name: str) -> Path:
+    """The checkpoint file of `name`, its SHA-256 checked (a clear error if it is absent or altered)."""
+    entry = released(name)
+    path = WEIGHTS / entry.file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the weights of {name!r} are missing from this installation")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry.sha256:
+        raise ValueError(f"{path}: SHA-256 {digest[:12]}… is not the released {entry.sha256[:12]}… of {name!r}")
+    return path
+
+
+def load_pretrained(name: str = DEFAULT, map_location: str | torch.device = "cpu") -> MultiStreamBTBNet:
+    """The released model `name`, in eval mode."""
+    return load_checkpoint(weights_path(name), map_location=map_location)
+
+
+def is_name(text: str) -> bool:
+    """Whether a `--model` argument names a released model rather than a file."""
+    return text in MODELS
