@@ -9,7 +9,7 @@ exactly the keys its `configure` reads (DVC reruns a stage only when those chang
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,7 +75,7 @@ class Params(Mapping[str, Any]):
             raise ParamsError(f"{self._child(name)}: expected a mapping, got {section!r}")
         return section
 
-    def build(self, cls: type[T], name: str, drop: tuple[str, ...] = ()) -> T:
+    def build(self, cls: type[T], name: str, drop: Collection[str] = ()) -> T:
         """Dataclass `cls` from section `name` (without the keys in `drop`); errors name the key."""
         section = self.section(name)
         values = {k: section[k] for k in section if k not in drop}

@@ -83,22 +83,19 @@ class TrainConfig:
             raise ConfigError("input.image_size: null with no crop_size (native sizes) needs loop.batch_size 1 per worker")
 
 
-BLOCKS = ("optim", "loop", "input", "ray")
+BLOCKS = {"optim": OptimConfig, "loop": LoopConfig, "input": InputConfig, "ray": RayConfig}  # TrainConfig's fields
 
 
 def train_config(params: Params, name: str) -> TrainConfig:
     """`train:` with the blocks of section `name` merged over it; errors name the key."""
     shared, own = params.section("train"), params.section(name)
-    blocks = {}
-    for block in BLOCKS:
-        source = name if block in own else "train"
-        merged = deep_merge(dict(shared[block]) if block in shared else {}, dict(own[block]) if block in own else {})
-        blocks[block] = merged, f"{source}.{block}."
     unknown = sorted(set(shared) - set(BLOCKS))
     if unknown:
         raise ParamsError(f"train.{unknown[0]}: unknown key (known: {list(BLOCKS)})")
-    classes = {"optim": OptimConfig, "loop": LoopConfig, "input": InputConfig, "ray": RayConfig}
-    built = {block: from_mapping(classes[block], d, prefix) for block, (d, prefix) in blocks.items()}
+    built = {}
+    for block, cls in BLOCKS.items():
+        merged = deep_merge(dict(shared[block]) if block in shared else {}, dict(own[block]) if block in own else {})
+        built[block] = from_mapping(cls, merged, prefix=f"{name if block in own else 'train'}.{block}.")
     try:
         return TrainConfig(**built)
     except ConfigError as exc:
