@@ -65,6 +65,7 @@ def loop_throughput(sources, out: Path) -> float:
 def stage_throughput(sources, out: Path, cpus: int) -> float:
     import ray
 
+    sys.path.insert(0, str(REPO_ROOT))  # `python bench/…` puts bench/ on the path, not the repo
     from pipeline.synthesize import SynthesizeConfig, write_all
 
     for sub in ("image", "gt"):

@@ -3,7 +3,8 @@
 Reads `synthesize`. Each clear source image gives 20 samples (4 blurred halves × 5 Gaussian
 levels, `btbnet.synthesis`), written as `<out_dir>/image/<name>_<direction>_<level>.png` and
 `<out_dir>/gt/<same>.png` (255 = in focus). Files are written by `btbnet.synthesis.write_samples`
-inside `map_batches` and named from the input, so identical params give byte-identical outputs
+inside `map_batches` (one stateless task per block, as many at once as there are CPUs) and
+named from the input, so identical params give byte-identical outputs
 (DVC caches by content). The 16× rotation/flip augmentation is applied at load time by the
 training stages (README, "Design notes": augmentation at load time).
 """
@@ -55,24 +56,18 @@ def configure(params: Params) -> SynthesizeConfig:
     return params.build(SynthesizeConfig, NAME)
 
 
-class WriteSamples:
-    """Ray Data batch function: synthesise each source's 20 samples and write them to disk."""
-
-    def __init__(self, out_dir: str, max_size: int | None):
-        self.out_dir = Path(out_dir)
-        self.max_size = max_size
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        rows: dict[str, list[Any]] = {"name": [], "samples": [], "bytes": [], "error": []}
-        for path, name in zip(batch["path"], batch["name"]):
-            samples, size, error = 0, 0, ""
-            try:
-                samples, size = write_samples(Source(Path(path), name), self.out_dir, self.max_size)
-            except DataError as exc:
-                error = str(exc)
-            for key, value in zip(rows, (name, samples, size, error)):
-                rows[key].append(value)
-        return rows
+def write_batch(batch: dict[str, np.ndarray], out_dir: str, max_size: int | None) -> dict[str, list[Any]]:
+    """Ray Data batch function (a stateless task): synthesise each source's 20 samples to disk."""
+    rows: dict[str, list[Any]] = {"name": [], "samples": [], "bytes": [], "error": []}
+    for path, name in zip(batch["path"], batch["name"]):
+        samples, size, error = 0, 0, ""
+        try:
+            samples, size = write_samples(Source(Path(path), name), out_dir, max_size)
+        except DataError as exc:
+            error = str(exc)
+        for key, value in zip(rows, (name, samples, size, error)):
+            rows[key].append(value)
+    return rows
 
 
 def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list[dict[str, Any]]:
@@ -84,7 +79,7 @@ def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list
     items = [{"path": str(src.path), "name": src.name} for src in sources]
     return (
         ray.data.from_items(items, override_num_blocks=blocks)
-        .map_batches(WriteSamples, fn_constructor_args=(str(staging), s.max_size), batch_size=1, concurrency=(1, blocks))
+        .map_batches(write_batch, fn_kwargs={"out_dir": str(staging), "max_size": s.max_size}, batch_size=1, num_cpus=1)
         .take_all()
     )
 

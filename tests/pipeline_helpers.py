@@ -62,9 +62,9 @@ def write_params(repo: Path, updates: dict[str, Any]) -> dict[str, Any]:
 
 def output_paths(params: dict[str, Any]) -> list[str]:
     """Every path a stage writes (dvc.yaml's outs, metrics and plots), as in params.yaml."""
-    s, p, f, e = (params[k] for k in ("synthesize", "pretrain", "finetune", "evaluate"))
-    return [s["out_dir"], s["metrics"], p["model"], p["metrics"], f["model"], f["metrics"],
-            e["metrics"], e["plots_dir"], e["figures_dir"]]
+    s, p, f, b, e = (params[k] for k in ("synthesize", "pretrain", "finetune", "baselines", "evaluate"))
+    return [s["out_dir"], s["metrics"], p["model"], p["metrics"], f["model"], f["metrics"], b["metrics"],
+            e["metrics"], e["plots_dir"], e["figures_dir"]]  # fmt: skip
 
 
 def git(repo: Path, *args: str) -> str:
