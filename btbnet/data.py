@@ -238,10 +238,11 @@ class PairDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         pairs = find_pairs(self.root, image_dir, mask_dir)
-        unknown = sorted(set(exclude) - {image.stem for image, _ in pairs})
+        excluded = set(exclude)
+        unknown = sorted(excluded - {image.stem for image, _ in pairs})
         if unknown:
             raise DataError(f"{self.root}: excluded stem {unknown[0]!r} is not in the data set")
-        self.pairs: list[tuple[Path, Path]] = [(i, m) for i, m in pairs if i.stem not in set(exclude)]
+        self.pairs: list[tuple[Path, Path]] = [(i, m) for i, m in pairs if i.stem not in excluded]
         if not self.pairs:
             raise DataError(f"{self.root}: every pair is excluded")
         self.stems: list[str] = [image.stem for image, _ in self.pairs]

@@ -52,11 +52,11 @@ def select_pairs(pairs: list[tuple[Path, Path]], stems: Collection[str] | None, 
     """The pairs whose image stem is in `stems` (all if None); a stem without a pair is an error."""
     if stems is None:
         return pairs
-    have = {image.stem for image, _ in pairs}
-    missing = sorted(set(stems) - have)
+    wanted = set(stems)
+    missing = sorted(wanted - {image.stem for image, _ in pairs})
     if missing:
         raise DataError(f"{folder}: listed stem {missing[0]!r} has no pair ({len(missing)} missing)")
-    return [(i, m) for i, m in pairs if i.stem in set(stems)]
+    return [(i, m) for i, m in pairs if i.stem in wanted]
 
 
 def as_probability(focus_map: np.ndarray) -> np.ndarray:
