@@ -31,12 +31,16 @@ class Released:
     summary: str
 
 
-MODELS: dict[str, Released] = {}  # filled by `register`, below
+MODELS: dict[str, Released] = {
+    "btbnet-cpu": Released(
+        file="btbnet-cpu.pt",
+        sha256="0174ea8c7a3fb4006f6e5024a91ae2bb03c3dfcc9df9d9c82b000f1914ce2704",
+        max_size=320,
+        summary="fast variant, width 0.25, BatchNorm, 1 stream + FNet + 1 RRNet step; trained from random "
+        "initialisation on 2 CPU cores (infra/presets/cpu.yaml) on BSDS500 synthesis and Shi's 604 pairs",
+    ),
+}
 DEFAULT = "btbnet-cpu"
-
-
-def register(name: str, released: Released) -> None:
-    MODELS[name] = released
 
 
 def released(name: str) -> Released:
@@ -67,14 +71,3 @@ def is_name(text: str) -> bool:
     """Whether a `--model` argument names a released model rather than a file."""
     return text in MODELS
 
-
-register(
-    "btbnet-cpu",
-    Released(
-        file="btbnet-cpu.pt",
-        sha256="0174ea8c7a3fb4006f6e5024a91ae2bb03c3dfcc9df9d9c82b000f1914ce2704",
-        max_size=320,
-        summary="fast variant, width 0.25, BatchNorm, 1 stream + FNet + 1 RRNet step; trained from random "
-        "initialisation on 2 CPU cores (infra/presets/cpu.yaml) on BSDS500 synthesis and Shi's 604 pairs",
-    ),
-)

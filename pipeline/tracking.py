@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow

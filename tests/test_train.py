@@ -1,7 +1,5 @@
 """Optimiser recipe (section 4.1) and the training loop: groups, overfitting, errors."""
 
-import math
-
 import pytest
 import torch
 
