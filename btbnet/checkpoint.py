@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,24 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as exc:  # a pickle with code, a truncated zip, not a torch file at all
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable btbnet checkpoint ({first_line})") from None
+        raise ValueError(f"{path}: not a btbnet checkpoint ({why_unreadable(path, exc)})") from None
     if not isinstance(payload, Mapping) or "config" not in payload or "state_dict" not in payload:
         raise ValueError(f"{path}: not a btbnet checkpoint (no config/state_dict)")
     return dict(payload)
+
+
+def why_unreadable(path: Path, exc: Exception) -> str:
+    """A few words on why torch.load(weights_only=True) failed on `path` (torch's own message
+    is a paragraph, and for a refused pickle it advises the unsafe weights_only=False)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "refused: it holds Python objects, not plain weights"
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            return "not a torch.save archive"
+    if not zipfile.is_zipfile(path):
+        return "truncated or corrupt archive"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
 
 
 def read_config(path: str | Path) -> BTBNetConfig:

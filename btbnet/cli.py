@@ -1,6 +1,6 @@
 """Command line: `btbnet predict …` and `btbnet summary …` (also `python -m btbnet`).
 
-    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--device cpu|cuda]
+    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--max-pixels M] [--device cpu|cuda]
     btbnet summary [--variant paper|fast] [--width W] [--scales 1 0.8 0.6] [--rrnet-steps N] [--size S]
 
 Errors in the user's input (a missing or unreadable file, a bad setting or checkpoint) print
@@ -20,7 +20,7 @@ import torch
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
-from .predict import predict_paths
+from .predict import MAX_PIXELS, OverBudget, predict_paths
 from .pretrained import DEFAULT, MODELS, is_name, released, weights_path
 from .summary import summarize
 
@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-size", type=positive_int, metavar="N",
         help="run the model on images downscaled to at most N px (default: the scale the model was trained at)",
     )  # fmt: skip
+    predict.add_argument(
+        "--max-pixels", type=positive_int, metavar="M", default=MAX_PIXELS,
+        help="refuse, before any work, an image the model would see at more than M pixels after --max-size "
+        f"(default: {MAX_PIXELS:,}; memory grows with them, ~0.35 GB per megapixel for btbnet-cpu)",
+    )  # fmt: skip
     predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     predict.set_defaults(run=run_predict)
 
@@ -97,7 +102,13 @@ def run_predict(args: argparse.Namespace) -> int:
         trained_at = read_checkpoint(path)["extra"].get("max_size")
     model = load_checkpoint(path, map_location=args.device)
     max_size = args.max_size or trained_at
-    written = predict_paths(model, args.inputs, args.out, overlay=args.overlay, max_size=max_size, device=args.device)
+    try:
+        written = predict_paths(
+            model, args.inputs, args.out, overlay=args.overlay, max_size=max_size, device=args.device,
+            max_pixels=args.max_pixels,
+        )  # fmt: skip
+    except OverBudget as exc:
+        raise ValueError(exc.advise("--max-size {}", "--max-pixels {}")) from None
     print(f"wrote {len(written)} file(s) to {args.out}")
     return 0
 

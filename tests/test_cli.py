@@ -94,6 +94,67 @@ def test_bad_checkpoint_exits_2_naming_it(images, tmp_path, capsys, content):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "kind, reason",
+    [("pickle", "refused: it holds Python objects, not plain weights"), ("truncated", "truncated or corrupt archive"),
+     ("jpeg", "not a torch.save archive")],
+    ids=["pickle", "truncated", "jpeg"],
+)  # fmt: skip
+def test_unreadable_checkpoint_is_one_short_line(checkpoint, images, tmp_path, capsys, kind, reason):
+    ckpt = tmp_path / "model.pt"
+    if kind == "pickle":
+        torch.save({"config": object(), "state_dict": {}}, ckpt)  # weights_only=True refuses it
+    elif kind == "truncated":
+        ckpt.write_bytes(checkpoint.read_bytes()[:2000])
+    else:
+        shutil.copy(tmp_path / "in" / "rgb.jpg", ckpt)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "--model", str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"btbnet: error: {ckpt}: not a btbnet checkpoint ({reason})\n"
+    assert not out.exists()
+
+
+@pytest.fixture
+def large_image(tmp_path) -> Path:
+    """A 60×40 photo: over a budget lowered to 1,000 pixels."""
+    path = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_image_over_the_pixel_budget_exits_2_before_any_work(checkpoint, large_image, tmp_path, capsys, monkeypatch):
+    from btbnet import predict
+
+    out = tmp_path / "out"
+    argv = ["predict", str(large_image), "--model", str(checkpoint), "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(predict, "load_rgb", lambda path: pytest.fail(f"decoded {path}"))
+        assert main([*argv, "--max-pixels", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"btbnet: error: {large_image}: 60×40 px is 2,400 pixels for the model, over the budget of 1,000; "
+        "use --max-size 38 to downscale, or --max-pixels 2400 to raise the budget\n"
+    )
+    assert not out.exists()
+    # both ways past it work
+    assert main([*argv, "--max-pixels", "1000", "--max-size", "38"]) == 0
+    assert main([*argv, "--max-pixels", "2400"]) == 0
+    assert [p.name for p in out.iterdir()] == ["large.png"]
+
+
+def test_the_default_pixel_budget_applies_and_is_documented(checkpoint, large_image, tmp_path, capsys, monkeypatch):
+    from btbnet import cli
+    from btbnet.predict import MAX_PIXELS
+
+    assert main(["predict", "--help"]) == 0
+    assert f"(default: {MAX_PIXELS:,};" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.setattr(cli, "MAX_PIXELS", 1000)
+    assert main(["predict", str(large_image), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(large_image) in err and "--max-pixels 2400" in err
+
+
 def test_missing_input_and_duplicate_stems_exit_2(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "out"
     missing = tmp_path / "missing.png"

@@ -3,11 +3,23 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from btbnet import BTBNetConfig, build_model
-from btbnet.data import DataError
-from btbnet.predict import BLUR_STRENGTH, BLUR_TINT, fit_within, overlay, predict_map, predict_paths
+from btbnet import BTBNetConfig, build_model, predict
+from btbnet.data import DataError, to_tensor
+from btbnet.predict import (
+    BLUR_STRENGTH,
+    BLUR_TINT,
+    MAX_PIXELS,
+    OverBudget,
+    check_budget,
+    fit_within,
+    model_input,
+    overlay,
+    predict_map,
+    predict_paths,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +71,50 @@ def test_max_size_downscales_the_input_and_upscales_the_map(model):
     assert small.shape == native.shape == (30, 60) and small.dtype == np.uint8
     np.testing.assert_array_equal(native, predict_map(model, image))
     assert not np.array_equal(small, native)
+
+
+def test_an_image_over_the_budget_is_refused_before_the_model_runs(model):
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    try:
+        image = random_image(40, 60)
+        with pytest.raises(OverBudget) as info:  # a ValueError
+            predict_map(model, image, max_pixels=1000)
+        assert seen == []
+        assert str(info.value) == (
+            "image: 60×40 px is 2,400 pixels for the model, over the budget of 1,000; "
+            "use max_size=38 to downscale, or max_pixels=2400 to raise the budget"
+        )
+        # the budget counts the pixels after max_size; both ways the message gives work
+        assert predict_map(model, image, max_size=38, max_pixels=1000).shape == (40, 60)
+        assert predict_map(model, image, max_pixels=2400).shape == (40, 60)
+        assert predict_map(model, image, max_pixels=None).shape == (40, 60)
+    finally:
+        handle.remove()
+    assert seen == [(1, 3, 25, 38), (1, 3, 40, 60), (1, 3, 40, 60)]
+    with pytest.raises(ValueError, match="max_pixels"):
+        predict_map(model, image, max_pixels=0)
+
+
+def test_the_default_budget_refuses_a_large_photo_at_native_size():
+    assert MAX_PIXELS == 4_000_000
+    with pytest.raises(OverBudget, match="8000×6000 px is 48,000,000 pixels.* max_size=2309 .* max_pixels=48000000 "):
+        check_budget((6000, 8000), None, MAX_PIXELS)
+    assert check_budget((6000, 8000), 2309, MAX_PIXELS) == (1732, 2309)
+    with pytest.raises(OverBudget, match=r"\(4000×3000 at max_size 4000\) is 12,000,000 pixels"):
+        check_budget((6000, 8000), 4000, MAX_PIXELS)
+
+
+def test_downscaling_makes_no_full_resolution_rgb_float_copy(monkeypatch):
+    image = random_image(30, 60)
+    calls = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda x, **kw: calls.append(tuple(x.shape)) or interpolate(x, **kw))
+    small = model_input(image, (10, 20), "cpu")
+    assert calls == [(1, 1, 30, 60)] * 3  # one channel at a time
+    joint = interpolate(to_tensor(image)[None], size=(10, 20), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.equal(small, joint)  # the same numbers as one 3-channel downscale
+    assert torch.equal(model_input(image, (30, 60), "cpu"), to_tensor(image)[None])
 
 
 def test_fit_within():
@@ -140,6 +196,16 @@ def test_output_may_not_overwrite_an_input(model, tmp_path):
     image = save_image(random_image(6, 6), tmp_path / "a.png")
     with pytest.raises(ValueError, match="overwrite"):
         predict_paths(model, [image], tmp_path, progress=False)
+
+
+def test_predict_paths_checks_every_budget_before_reading_or_writing(model, tmp_path, monkeypatch):
+    small = save_image(random_image(6, 6), tmp_path / "small.png")
+    big = save_image(random_image(40, 60), tmp_path / "big.png")
+    monkeypatch.setattr(predict, "load_rgb", lambda path: pytest.fail(f"decoded {path}"))
+    out = tmp_path / "out"
+    with pytest.raises(OverBudget, match=f"^{big}: 60×40 px .* max_size=38 "):
+        predict_paths(model, [small, big], out, max_pixels=1000, progress=False)
+    assert not out.exists()
 
 
 def test_missing_and_corrupt_inputs_name_the_file(model, tmp_path):
