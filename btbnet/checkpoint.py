@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .config import BTBNetConfig
-from .io import atomic_output
+from .io import atomic_output, why_unreadable
 from .model import MultiStreamBTBNet, build_model
 
 FORMAT_VERSION = 1
@@ -58,20 +56,6 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, Mapping) or "config" not in payload or "state_dict" not in payload:
         raise ValueError(f"{path}: not a btbnet checkpoint (no config/state_dict)")
     return dict(payload)
-
-
-def why_unreadable(path: Path, exc: Exception) -> str:
-    """A few words on why torch.load(weights_only=True) failed on `path` (torch's own message
-    is a paragraph, and for a refused pickle it advises the unsafe weights_only=False)."""
-    if isinstance(exc, pickle.UnpicklingError):
-        return "refused: it holds Python objects, not plain weights"
-    with path.open("rb") as f:
-        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
-            return "not a torch.save archive"
-    if not zipfile.is_zipfile(path):
-        return "truncated or corrupt archive"
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
 
 
 def read_config(path: str | Path) -> BTBNetConfig:

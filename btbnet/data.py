@@ -116,13 +116,36 @@ def find_pairs(root: str | Path, image_dir: str = "image", mask_dir: str = "gt")
     return pairs
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(W, H) of an image file from its header alone (no decode); DataError naming the file
+    if it is missing, empty or not an image PIL reads."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def check_pair_headers(image_path: Path, mask_path: Path) -> None:
+    """The cheap part of `load_pair`'s checks: both files readable images of the same size."""
+    check_same_size(image_path, image_size(image_path), mask_path, image_size(mask_path))
+
+
+def check_same_size(image_path: Path, size: tuple[int, int], mask_path: Path, mask_size: tuple[int, int]) -> None:
+    """DataError naming both files unless the (W, H) sizes agree."""
+    if size != mask_size:
+        (w, h), (mw, mh) = size, mask_size
+        raise DataError(f"{image_path}: image is {w}×{h} (W×H) but its mask {mask_path} is {mw}×{mh}")
+
+
 def load_pair(image_path: str | Path, mask_path: str | Path, polarity: str) -> tuple[np.ndarray, np.ndarray]:
     """(image [H, W, 3] uint8, mask [H, W] uint8 {0, 255}, 255 = in focus) of one pair."""
     check_polarity(polarity)
     image, mask = load_rgb(image_path), load_mask(mask_path, polarity)
-    if image.shape[:2] != mask.shape:
-        (h, w), (mh, mw) = image.shape[:2], mask.shape
-        raise DataError(f"{image_path}: image is {w}×{h} (W×H) but its mask {mask_path} is {mw}×{mh}")
+    check_same_size(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
     return image, mask
 
 
@@ -246,6 +269,12 @@ class PairDataset(torch.utils.data.Dataset):
         if not self.pairs:
             raise DataError(f"{self.root}: every pair is excluded")
         self.stems: list[str] = [image.stem for image, _ in self.pairs]
+
+    def check_files(self) -> None:
+        """Every pair's two files readable and of one size, from their headers (no decode):
+        run once before training, so that bad data fails in seconds, not in a worker."""
+        for image, mask in self.pairs:
+            check_pair_headers(image, mask)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

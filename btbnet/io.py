@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
+import zipfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +65,17 @@ def save_png(array: np.ndarray, path: str | Path, atomic: bool = True) -> Path:
     with atomic_output(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return path
+
+
+def why_unreadable(path: Path, exc: Exception) -> str:
+    """A few words on why torch.load(weights_only=True) failed on `path` (torch's own message
+    is a paragraph, and for a refused pickle it advises the unsafe weights_only=False)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return "refused: it holds Python objects, not plain weights"
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive
+            return "not a torch.save archive"
+    if not zipfile.is_zipfile(path):
+        return "truncated or corrupt archive"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__

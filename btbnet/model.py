@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BTBNetConfig, ConfigError
+from .io import why_unreadable
 
 # VGG16 conv channels per block (Simonyan & Zisserman, configuration D).
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -354,8 +355,8 @@ def load_vgg16_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: VGG16 weights file not found (download {VGG16_URL})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+    except Exception as exc:  # not a torch file, truncated, or a pickle holding code
+        raise ValueError(f"{path}: not a readable PyTorch state dict ({why_unreadable(path, exc)})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state

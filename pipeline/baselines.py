@@ -9,6 +9,7 @@ the model in Table 1. It does not depend on the model, so retraining never rerun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 
@@ -44,6 +45,10 @@ class BaselinesConfig:
 class BaselinesStage:
     baselines: BaselinesConfig
     sets: TestSets
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return (resolve(self.baselines.metrics),)
 
 
 def configure(params: Params) -> BaselinesStage:

@@ -63,6 +63,11 @@ class EvaluateStage:
     sets: TestSets
     evaluate: EvaluateConfig
 
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        e = self.evaluate
+        return resolve(e.metrics), resolve(e.plots_dir), resolve(e.figures_dir)
+
 
 def configure(params: Params) -> EvaluateStage:
     return EvaluateStage(

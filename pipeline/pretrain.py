@@ -39,8 +39,16 @@ def configure(params: Params) -> StageSpec:
         metrics=resolve(own.metrics),
         train=train_config(params, NAME),
         model=model_config(params),
-        vgg16_weights=own.vgg16_weights,
+        vgg16_weights=weights_source(own.vgg16_weights),
     )
+
+
+def weights_source(source: str | None) -> str | None:
+    """`vgg16_weights` with a file path made absolute (the workers run elsewhere); "imagenet"
+    and URLs as they are."""
+    if source is None or source == "imagenet" or "://" in source:
+        return source
+    return str(resolve(source))
 
 
 def model_config(params: Params) -> BTBNetConfig:

@@ -1,14 +1,25 @@
-"""What every stage shares: `configure` then `run`, one-line errors, all-or-nothing outputs."""
+"""What every stage shares: `configure` then `run`, one-line errors, all-or-nothing outputs,
+and a clean end when it is interrupted.
+
+Guarantees (README, "Reliability"):
+- bad input: `<stage>: error: <message>` on stderr, exit 2, and none of the stage's outputs;
+- SIGINT / SIGTERM, or the death of the parent process (`dvc repro` killed): the stage stops,
+  its staging files, MLflow run (marked KILLED) and local Ray instance are cleaned up, and it
+  exits 130 without writing any output (never behind DVC's back after DVC is gone).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from btbnet.config import ConfigError
 from btbnet.data import DataError
@@ -16,19 +27,75 @@ from btbnet.io import atomic_output, remove
 
 from .params import REPO_ROOT, Params, load_params
 
-C = TypeVar("C")
+ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, FloatingPointError)  # bad input: exit 2
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+PARENT_POLL_S = 1.0
+
+
+class StageConfig(Protocol):
+    @property
+    def outputs(self) -> Sequence[Path]:
+        """Every path the stage writes: its dvc.yaml outs, metrics and plots (absolute)."""
+
+
+C = TypeVar("C", bound=StageConfig)
 
 
 def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None]) -> None:
-    """Read params.yaml, build the stage's config, run it.
+    """Read params.yaml, build the stage's config, remove its old outputs, run it.
 
-    Bad input ends the stage with `<stage>: error: <message>` on stderr and exit code 2.
+    Bad input ends the stage with `<stage>: error: <message>` on stderr and exit code 2; an
+    interruption with `<stage>: interrupted (<signal>)` and exit code 130.
     """
+    die_with_parent()
+    interrupt_on_sigterm()
     try:
-        run(configure(load_params()))
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        config = configure(load_params())
+        for path in config.outputs:  # none of a previous run's outputs may outlive a failed run
+            remove(path)
+        run(config)
+    except ERRORS as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted ({_signals[-1] if _signals else 'SIGINT'}); no output written", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt("SIGTERM"), as SIGINT does: the same clean-up runs."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+_signals: list[str] = []  # the SIGTERMs received, for the message
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    _signals.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_signals[-1])
+
+
+def die_with_parent() -> None:
+    """Get SIGTERM when the parent process (`dvc repro`, a shell) dies.
+
+    DVC ignores SIGINT while a stage runs but dies on SIGTERM without passing it on, so a
+    stage would go on and write its outputs behind DVC's back. Linux delivers the signal
+    itself (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent's pid.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    else:
+        def watch() -> None:
+            while os.getppid() == parent:
+                threading.Event().wait(PARENT_POLL_S)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -48,23 +115,27 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def init_ray() -> None:
-    """Connect to $RAY_ADDRESS (a cluster, see infra/) or start a local Ray instance.
+def init_ray(env_vars: dict[str, str] | None = None) -> bool:
+    """Connect to $RAY_ADDRESS (a cluster, see infra/) or start a local Ray instance; True if
+    local. `env_vars` are set for every Ray process of the job (with the MLflow settings).
 
     Workers import `pipeline` and `btbnet` from the repo root: on a cluster the repo must be at
     the same path on every node (infra/cluster.yaml mounts it there).
     """
     import ray
 
+    address = os.environ.get("RAY_ADDRESS") or "local"  # None would join any `ray start` cluster here
     if ray.is_initialized():
-        return
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        return address == "local"
+    env = dict(env_vars or {}) | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "TORCH_HOME"):
         if var in os.environ:
             env[var] = os.environ[var]
     ray.init(
-        address=os.environ.get("RAY_ADDRESS") or "local",  # None would join any `ray start` cluster here
+        address=address,
         runtime_env={"env_vars": env},
         log_to_driver=True,
         logging_level="WARNING",
     )
+    interrupt_on_sigterm()  # ray.init installs its own handler (sys.exit)
+    return address == "local"

@@ -51,6 +51,10 @@ class SynthesizeConfig:
         check_int("max_size", self.max_size, 8, allow_none=True)
         check_int("blocks_per_cpu", self.blocks_per_cpu, 1)
 
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return resolve(self.out_dir), resolve(self.metrics)
+
 
 def configure(params: Params) -> SynthesizeConfig:
     return params.build(SynthesizeConfig, NAME)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 from typing import Any, Iterator
 
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from btbnet.config import flatten
@@ -52,14 +53,47 @@ def pipeline_tags(stage: str) -> dict[str, str]:
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any]) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage, with its params (nested keys dotted, lists as JSON) and
-    the grouping tags."""
+    the grouping tags. It ends FINISHED, FAILED (an error) or KILLED (SIGINT / SIGTERM); runs
+    of this stage left RUNNING by a process that no longer exists (SIGKILL) are marked KILLED."""
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=(REPO_ROOT / "mlruns").as_uri())
-    mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=stage, tags=pipeline_tags(stage)) as run:
+    experiment = mlflow.set_experiment(EXPERIMENT)
+    close_orphaned_runs(experiment.experiment_id, stage)
+    owner = {"btbnet.host": socket.gethostname(), "btbnet.pid": str(os.getpid())}
+    with mlflow.start_run(run_name=stage, tags=pipeline_tags(stage) | owner) as run:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(params).items()})
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+
+
+def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` whose process, on this host, is gone; their ids."""
+    client = MlflowClient(tracking_uri())
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`btbnet.stage` = '{stage}' and attributes.status = 'RUNNING' and tags.`btbnet.host` = '{socket.gethostname()}'",
+    )
+    closed = []
+    for run in runs:
+        pid = int(run.data.tags.get("btbnet.pid", "0"))
+        if pid != os.getpid() and not alive(pid):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            closed.append(run.info.run_id)
+    return closed
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return pid > 0
 
 
 class MetricLogger:

@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -52,17 +53,35 @@ class RayConfig:
     cpus_per_worker:  CPUs Ray reserves per worker; below 1 lets Ray Data and Train share cores.
     use_gpu:          one GPU per worker (NCCL) instead of CPU (gloo).
     loader_workers:   DataLoader worker processes per Train worker (0: load in the worker).
+    start_timeout_s:  how long the workers may wait for a cluster's resources (an autoscaler
+                      adding nodes) before the stage fails; a local Ray instance the stage
+                      started itself cannot grow, so a request it cannot hold fails at once.
     """
 
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     loader_workers: int = 0
+    start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         check_int("num_workers", self.num_workers, 1)
         check_number("cpus_per_worker", self.cpus_per_worker, 0.0, low_open=True)
         check_int("loader_workers", self.loader_workers, 0)
+        check_number("start_timeout_s", self.start_timeout_s, 1.0)
+
+    def describe(self) -> str:
+        return f"{self.num_workers} workers × ({self.cpus_per_worker:g} CPU{' + 1 GPU' if self.use_gpu else ''})"
+
+    def slots(self, nodes: list[dict[str, Any]]) -> int:
+        """How many of these workers the alive `nodes` (as `ray.nodes()` lists them) hold at once."""
+        total = 0
+        for node in nodes:
+            if node.get("Alive"):
+                have = node.get("Resources", {})
+                fit = int(have.get("CPU", 0) / self.cpus_per_worker + 1e-9)
+                total += min(fit, int(have.get("GPU", 0))) if self.use_gpu else fit
+        return total
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,10 @@ class StageSpec:
     vgg16_weights: str | None = None  # … or from ImageNet VGG16 backbones (section 3.3), or random
     exclude: tuple[str, ...] = ()  # stems of `data` held out (a validation split)
 
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return self.out, self.metrics
+
     def dataset(self) -> PairDataset:
         return self.train.input.dataset(self.data, self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
 
@@ -133,6 +156,15 @@ def make_loader(dataset: PairDataset, train: TrainConfig, rank: int, world: int)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's worker function: `fit_worker`, bad input re-raised without its traceback
+    (Ray logs the traceback of whatever the function raises, once per worker)."""
+    try:
+        fit_worker(config)
+    except stage.ERRORS as exc:
+        raise type(exc)(*exc.args).with_traceback(None) from None
+
+
+def fit_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
@@ -181,12 +213,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path) -> dict[str, float]:
-    """Fit with Ray Train's TorchTrainer and copy the final model to `out` (a staging path)."""
+def wait_for_workers(r: RayConfig, nodes: Callable[[], list[dict[str, Any]]], timeout_s: float, poll_s: float = 2.0) -> None:
+    """Return once the cluster (`nodes()`, as `ray.nodes()`) can hold every worker of `r`;
+    a ConfigError naming the setting and the cluster after `timeout_s` (0: no waiting)."""
+    deadline = time.monotonic() + timeout_s
+    while (room := r.slots(listed := nodes())) < r.num_workers:
+        if time.monotonic() >= deadline:
+            alive = [n.get("Resources", {}) for n in listed if n.get("Alive")]
+            have = ", ".join(f"{res.get('CPU', 0):g} CPU + {res.get('GPU', 0):g} GPU" for res in alive) or "no nodes"
+            raise ConfigError(
+                f"train.ray: {r.describe()} do not fit the Ray cluster (nodes: {have}; room for {room}"
+                f"{f' after waiting {timeout_s:g} s' if timeout_s else ''}); lower ray.num_workers or "
+                "ray.cpus_per_worker, or add nodes"
+            )
+        time.sleep(poll_s)
+
+
+def worker_error(exc: BaseException) -> BaseException | None:
+    """The bad-input error (one of `stage.ERRORS`) a Train worker raised, if that is what ended
+    the run, rebuilt with its own one-line message (not Ray's wrapping and traceback)."""
+    failures = list(getattr(exc, "worker_failures", {}).values())
+    for failure in failures:
+        cause = getattr(failure, "cause", None) or failure  # a RayTaskError holds the original
+        if isinstance(cause, stage.ERRORS):
+            return type(cause)(*cause.args)
+    return None
+
+
+def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local: bool) -> dict[str, float]:
+    """Fit with Ray Train's TorchTrainer and copy the final model to `out` (a staging path).
+
+    The request is checked against the cluster first (`wait_for_workers`), and Ray's own wait
+    for the worker group is bounded by `ray.start_timeout_s` (it retries without end by default).
+    """
+    import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     r = spec.train.ray
+    wait_for_workers(r, ray.nodes, 0 if local else r.start_timeout_s)
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -196,13 +261,25 @@ def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path) -> dic
             num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker}
         ),
         run_config=ray.train.RunConfig(
-            storage_path=str(RAY_RUNS), name=name, checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)
+            storage_path=str(RAY_RUNS),
+            name=name,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(controller_failure_limit=0),  # a start-up timeout ends the run
         ),
     )
+    # Ray's SIGINT handler waits on the controller's abort, for ever if the controller is stuck;
+    # the stage's own (KeyboardInterrupt, then Ray's shutdown) never hangs.
+    trainer._register_sigint_handler = lambda controller: None
     try:
-        result = trainer.fit()
-        if result.error:
-            raise result.error
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as exc:
+            if (bad_input := worker_error(exc)) is not None:
+                raise bad_input from None
+            startup = getattr(exc, "controller_failure", None)
+            if startup is not None and "Timeout" in type(startup).__name__:
+                raise ConfigError(f"train.ray: {r.describe()} did not start within ray.start_timeout_s={r.start_timeout_s:g} s ({startup})") from None
+            raise
         with result.checkpoint.as_directory() as d:
             shutil.copyfile(Path(d) / "model.pt", out)
         return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
@@ -251,9 +328,20 @@ def log_model(checkpoint: Path, example_size: int) -> None:
     )
 
 
+def check_init(spec: StageSpec) -> None:
+    """The initial weights load into the stage's model: checked in the driver, before Ray."""
+    if spec.vgg16_weights is not None:
+        try:
+            build_model(spec.model, vgg16_weights=spec.vgg16_weights)
+        except (ConfigError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
+            raise ParamsError(f"{spec.name}.vgg16_weights: {exc.args[0] if exc.args else exc}") from None
+
+
 def train_stage(spec: StageSpec) -> None:
     """A whole training stage: check the data, fit on Ray, write model + metrics, log to MLflow."""
     dataset = spec.dataset()  # fails fast, names the file
+    dataset.check_files()  # every pair's headers, before Ray starts
+    check_init(spec)
     logged = {
         "model": spec.model.to_dict(),
         "train": to_dict(spec.train),
@@ -262,9 +350,9 @@ def train_stage(spec: StageSpec) -> None:
     }
     with stage_run(spec.name, logged) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
-        stage.init_ray()
+        local = stage.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
         with stage.staged(spec.out) as tmp:
-            metrics = run_training(spec, (tracking_uri(), run.info.run_id), tmp)
+            metrics = run_training(spec, (tracking_uri(), run.info.run_id), tmp, local)
         metrics["train_samples"] = len(dataset)
         stage.write_json(spec.metrics, metrics)
         mlflow.log_artifact(str(spec.metrics))

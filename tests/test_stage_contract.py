@@ -108,20 +108,26 @@ def test_project_code_is_imported_at_module_level_only():
 
 
 @pytest.fixture(scope="module")
-def read_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """The keys each stage's `configure` reads from (a copy of) params.yaml."""
+def configured(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, set[str]], dict, dict]:
+    """The keys each stage's `configure` reads from (a copy of) params.yaml, its config, and
+    that copy's content."""
     import importlib
 
     tmp = tmp_path_factory.mktemp("params")
     ckpt = save_checkpoint(build_model(BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0)), tmp / "p.pt")
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), {"pretrain": {"model": str(ckpt)}})
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    keys = {}
+    keys, configs = {}, {}
     for stage in STAGES:
         p = load_params(tmp / "params.yaml")
-        importlib.import_module(f"pipeline.{stage}").configure(p)
+        configs[stage] = importlib.import_module(f"pipeline.{stage}").configure(p)
         keys[stage] = p.read_keys()
-    return keys
+    return keys, configs, params
+
+
+@pytest.fixture(scope="module")
+def read_keys(configured) -> dict[str, set[str]]:
+    return configured[0]
 
 
 def param_problems(read: set[str], declared: set[str]) -> list[str]:
@@ -151,3 +157,26 @@ def test_the_architecture_reruns_model_stages_only(read_keys):
     them: finetune and evaluate take the architecture from the checkpoint."""
     for key in ("scales", "rrnet_steps", "model"):
         assert [s for s in STAGES if key in read_keys[s]] == ["pretrain"], key
+
+
+# --- outputs ---------------------------------------------------------------------------------
+
+
+def declared_outputs(stage: dict, params: dict) -> set[Path]:
+    """A dvc.yaml stage's outs, metrics and plots, `${a.b}` filled in from params, absolute."""
+    def fill(entry: str | dict) -> Path:
+        name = next(iter(entry)) if isinstance(entry, dict) else entry
+        if name.startswith("${"):
+            section, key = name[2:-1].split(".")
+            name = params[section][key]
+        return REPO / name
+
+    return {fill(e) for kind in ("outs", "metrics", "plots") for e in stage.get(kind, [])}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_outputs_a_stage_clears_are_exactly_its_declared_outs(stage, dvc_stages, configured):
+    """`stage.main` deletes `config.outputs` before running: they must be all of dvc.yaml's outs,
+    metrics and plots of the stage (a failed run keeps none of the previous run's) and no more."""
+    _, configs, params = configured
+    assert set(configs[stage].outputs) == declared_outputs(dvc_stages[stage], params)
