@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign pickle
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as exc:  # a pickle with code, a truncated zip, not a torch file at all
         raise ValueError(f"{path}: not a btbnet checkpoint ({why_unreadable(path, exc)})") from None
     if not isinstance(payload, Mapping) or "config" not in payload or "state_dict" not in payload:

@@ -19,6 +19,7 @@ Module tree (these names are what checkpoints and `vgg16_to_btbnet` use):
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -354,7 +355,9 @@ def load_vgg16_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: VGG16 weights file not found (download {VGG16_URL})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign pickle
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, truncated, or a pickle holding code
         raise ValueError(f"{path}: not a readable PyTorch state dict ({why_unreadable(path, exc)})") from None
     if not isinstance(state, dict):

@@ -252,6 +252,8 @@ def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local:
 
     r = spec.train.ray
     wait_for_workers(r, ray.nodes, 0 if local else r.start_timeout_s)
+    for stale in RAY_RUNS.glob(f"{spec.name}-*"):  # left by a killed run of this stage
+        shutil.rmtree(stale, ignore_errors=True)
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,0 +1,367 @@
+"""The reliability matrix (README, "Reliability"): what a hostile user does to the pipeline.
+
+Each case runs a stage (or `dvc repro`) as a subprocess in a tiny git copy of the repo and
+checks the promise: bad input ends in one `<stage>: error: …` line naming the file or key,
+exit 2, and none of the stage's outputs (not even a previous run's); a signal ends the stage
+cleanly, leaves no process and no output behind, and marks its MLflow run KILLED; identical
+trainings give identical bytes. Training, where there is any, lasts seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import btbnet
+from btbnet import BTBNetConfig
+from pipeline.params import load_params
+from pipeline.training import RayConfig, wait_for_workers
+from tests.pipeline_helpers import DVC, TINY_PARAMS, copy_repo, describe, dvc, git, run_stage, stage_env, write_params
+
+DATA = Path("data/embedded/defocus/train")  # finetune's data (gt: 255 = blurred)
+SOURCES = Path("data/embedded/sources")
+OUTPUTS = {
+    "synthesize": ("data/synthetic", "metrics/synthesize.json"),
+    "pretrain": ("models/pretrain.pt", "metrics/pretrain.json"),
+    "finetune": ("models/finetune.pt", "metrics/finetune.json"),
+    "evaluate": ("metrics/evaluate.json", "metrics/pr_curves", "figures"),
+}
+
+
+@pytest.fixture()
+def repo(tmp_path) -> Path:
+    return copy_repo(tmp_path / "repo", TINY_PARAMS)
+
+
+def error_line(stderr: str, stage: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{stage}: error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def plant_old_outputs(repo: Path, stage: str) -> None:
+    """What a previous successful run of `stage` left (a failed run must not keep any of it)."""
+    for rel in OUTPUTS[stage]:
+        path = repo / rel
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("{}\n" if path.suffix == ".json" else "old")
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "old.png").write_bytes(b"old")
+
+
+def assert_no_outputs(repo: Path, stage: str) -> None:
+    assert [rel for rel in OUTPUTS[stage] if (repo / rel).exists()] == []
+
+
+def pretrained(repo: Path) -> Path:
+    return btbnet.save_checkpoint(btbnet.build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+
+
+def fake_synthetic_set(repo: Path) -> None:
+    """pretrain's data without running synthesize: the embedded pairs (any masks will do)."""
+    subprocess.run(["cp", "-r", str(repo / DATA), str(repo / "data" / "synthetic")], check=True)
+
+
+# --- bad training data: found in the driver, before Ray starts --------------------------------
+
+
+def empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def not_an_image(path: Path) -> Path:
+    path.write_text("this is not a PNG\n")
+    return path
+
+
+def resized(path: Path) -> Path:
+    Image.open(path).resize((17, 11)).save(path)
+    return path
+
+
+BAD_PAIRS = {  # case: (file of the pair, how it is spoilt, expected message after the file name)
+    "empty image": ("image", empty, "cannot read image (UnidentifiedImageError"),
+    "empty mask": ("gt", empty, "cannot read image (UnidentifiedImageError"),
+    "text as image": ("image", not_an_image, "cannot read image (UnidentifiedImageError"),
+    "mask of another size": ("gt", resized, "but its mask"),
+}
+
+
+@pytest.mark.parametrize(("folder", "spoil", "message"), BAD_PAIRS.values(), ids=BAD_PAIRS.keys())
+def test_bad_training_pair_fails_in_seconds_before_ray(repo, folder, spoil, message):
+    pretrained(repo)
+    plant_old_outputs(repo, "finetune")
+    bad = spoil(repo / DATA / folder / "defocus_0007.png")
+    started = time.monotonic()
+    done = run_stage(repo, "finetune")
+    assert done.returncode == 2, describe(done)
+    line = error_line(done.stderr, "finetune")
+    shown = repo / DATA / "image" / "defocus_0007.png" if message == "but its mask" else bad
+    assert line.startswith(f"finetune: error: {shown}: ") and message in line
+    assert "Ray" not in done.stderr and time.monotonic() - started < 30  # no Ray start-up
+    assert_no_outputs(repo, "finetune")
+
+
+def test_image_without_mask_and_excluded_stem_not_in_the_set(repo):
+    pretrained(repo)
+    (repo / DATA / "gt" / "defocus_0002.png").unlink()
+    done = run_stage(repo, "finetune")
+    assert error_line(done.stderr, "finetune").startswith(
+        f"finetune: error: {repo / DATA / 'image' / 'defocus_0002.png'}: no mask with stem 'defocus_0002'"
+    )
+    git(repo, "checkout", "--", str(DATA / "gt" / "defocus_0002.png"))
+    (repo / "stems.txt").write_text("defocus_0999\n")
+    write_params(repo, {"finetune": {"exclude": "stems.txt"}})
+    done = run_stage(repo, "finetune")
+    assert done.returncode == 2, describe(done)
+    assert "excluded stem 'defocus_0999' is not in the data set" in error_line(done.stderr, "finetune")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
+def test_every_image_mode_passes_the_header_check_and_loads_as_rgb(tmp_path, mode):
+    root = tmp_path / "set"
+    (root / "image").mkdir(parents=True)
+    (root / "gt").mkdir()
+    Image.new(mode, (9, 7)).save(root / "image" / f"a.{'jpg' if mode == 'CMYK' else 'png'}")
+    Image.new("L", (9, 7), 255).save(root / "gt" / "a.png")
+    dataset = btbnet.data.PairDataset(root, "blurred", size=None)
+    dataset.check_files()
+    image, mask = dataset.arrays(0)
+    assert image.shape == (7, 9, 3) and mask.shape == (7, 9)
+
+
+# --- the initial weights: checked in the driver too -------------------------------------------
+
+
+def code_pickle(path: Path) -> Path:
+    path.write_bytes(pickle.dumps(os.getcwd))  # a pickle that would call code when loaded
+    return path
+
+
+BAD_WEIGHTS = {
+    "missing": (lambda p: p, "VGG16 weights file not found"),
+    "text": (not_an_image, "not a readable PyTorch state dict (not a torch.save archive)"),
+    "pickle with code": (code_pickle, "not a readable PyTorch state dict (refused: it holds Python objects"),
+}
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_WEIGHTS.values(), ids=BAD_WEIGHTS.keys())
+def test_bad_vgg16_weights_fail_before_ray(repo, make, message):
+    fake_synthetic_set(repo)
+    weights = make(repo / "vgg16.pth")
+    write_params(repo, {"pretrain": {"vgg16_weights": "vgg16.pth"}})
+    done = run_stage(repo, "pretrain")
+    assert done.returncode == 2, describe(done)
+    line = error_line(done.stderr, "pretrain")
+    assert line.startswith(f"pretrain: error: pretrain.vgg16_weights: {weights}: ") and message in line
+    assert "weights_only" not in done.stderr and "Ray" not in done.stderr
+    assert not (repo / "mlflow.db").exists()  # no MLflow run was started
+    assert_no_outputs(repo, "pretrain")
+
+
+# --- bad params: each stage validates what it reads, and only that ----------------------------
+
+
+def test_scale_above_one_is_refused(repo):
+    write_params(repo, {"scales": [1.5]})
+    done = run_stage(repo, "pretrain")
+    assert done.returncode == 2, describe(done)
+    assert error_line(done.stderr, "pretrain") == "pretrain: error: scales: every scale must be in (0, 1], got 1.5 in [1.5]"
+
+
+def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo):
+    write_params(repo, {"evaluate": {"max_size": "big", "device": "tpu"}, "baselines": {"methods": ["nope"]}})
+    pretrained(repo)
+    for stage in ("synthesize", "pretrain", "finetune"):
+        module = __import__(f"pipeline.{stage}", fromlist=["configure"])
+        assert module.configure(load_params(repo / "params.yaml")) is not None
+    done = run_stage(repo, "evaluate")
+    assert done.returncode == 2 and "evaluate: error: evaluate.max_size:" in error_line(done.stderr, "evaluate")
+
+
+def test_a_failed_evaluate_keeps_none_of_the_previous_outputs(repo):
+    plant_old_outputs(repo, "evaluate")  # and no finetuned model: evaluate fails
+    done = run_stage(repo, "evaluate")
+    assert done.returncode == 2, describe(done)
+    assert "models/finetune.pt: checkpoint not found" in error_line(done.stderr, "evaluate")
+    assert_no_outputs(repo, "evaluate")
+
+
+def test_a_failed_synthesize_keeps_none_of_the_previous_outputs(repo):
+    plant_old_outputs(repo, "synthesize")
+    write_params(repo, {"synthesize": {"sources": ["no_such_folder"]}})
+    done = run_stage(repo, "synthesize")
+    assert done.returncode == 2, describe(done)
+    assert "no_such_folder: folder not found" in error_line(done.stderr, "synthesize")
+    assert_no_outputs(repo, "synthesize")
+
+
+def test_dvc_names_a_symlink_loop_in_a_dependency_and_dvcignore_is_the_way_round(repo):
+    """DVC walks `synthesize.source_root` itself, before any stage runs, and stops on a link
+    loop (exit 255, naming the link); listing the link in .dvcignore lets the pipeline run."""
+    loop = repo / SOURCES / "loop_a"
+    loop.symlink_to("loop_b")
+    (repo / SOURCES / "loop_b").symlink_to("loop_a")
+    done = dvc(repo, "status", "synthesize")
+    assert done.returncode != 0 and "Too many levels of symbolic links" in done.stderr and "loop_" in done.stderr
+    (repo / ".dvcignore").write_text((repo / ".dvcignore").read_text() + "\nloop_a\nloop_b\n")
+    done = dvc(repo, "status", "synthesize")
+    assert done.returncode == 0, describe(done)
+    assert btbnet.synthesis.find_sources(repo / SOURCES, ["."])  # the stage's own listing skips links
+
+
+# --- resources: never wait for ever -----------------------------------------------------------
+
+
+def node(cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    return {"Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus}}
+
+
+def test_worker_slots_count_whole_workers_per_node():
+    r = RayConfig(num_workers=4, cpus_per_worker=1.5)
+    assert r.slots([node(4), node(3), node(8, alive=False)]) == 2 + 2
+    assert RayConfig(num_workers=2, use_gpu=True).slots([node(16, gpus=1), node(16)]) == 1
+
+
+def test_a_request_the_cluster_cannot_hold_fails_after_the_timeout():
+    r = RayConfig(num_workers=8, cpus_per_worker=1.0)
+    started = time.monotonic()
+    with pytest.raises(btbnet.config.ConfigError, match=r"train.ray: 8 workers × \(1 CPU\) do not fit .* room for 2 after waiting 0.3 s"):
+        wait_for_workers(r, lambda: [node(2)], timeout_s=0.3, poll_s=0.05)
+    assert time.monotonic() - started < 2
+
+
+def test_the_wait_ends_when_an_autoscaler_adds_a_node():
+    listed = iter([[node(2)], [node(2)], [node(2), node(8)]])
+    wait_for_workers(RayConfig(num_workers=8), lambda: next(listed), timeout_s=10, poll_s=0.01)
+
+
+def test_too_many_workers_for_the_local_instance_is_an_error_not_a_hang(repo):
+    fake_synthetic_set(repo)
+    write_params(repo, {"train": {"ray": {"num_workers": 8, "cpus_per_worker": 1}, "loop": {"batch_size": 8}}})
+    done = run_stage(repo, "pretrain", timeout=120)
+    assert done.returncode == 2, describe(done)
+    line = error_line(done.stderr, "pretrain")
+    assert line.startswith("pretrain: error: train.ray: 8 workers × (1 CPU) do not fit the Ray cluster (nodes: ")
+    assert_no_outputs(repo, "pretrain")
+
+
+def test_a_pair_that_only_fails_to_decode_in_a_worker_is_the_same_one_line_error(repo):
+    pretrained(repo)
+    write_params(repo, {"train": {"loop": {"max_steps_per_epoch": None}}})  # every pair is read
+    bad = repo / DATA / "image" / "defocus_0003.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header is intact
+    done = run_stage(repo, "finetune", timeout=300)
+    assert done.returncode == 2, describe(done)
+    assert error_line(done.stderr, "finetune") == f"finetune: error: {bad}: cannot read image (OSError: image file is truncated)"
+    assert_no_outputs(repo, "finetune")
+
+
+# --- signals: the stage ends with DVC, cleanly ------------------------------------------------
+
+
+LONG_TRAINING = {"train": {"loop": {"epochs": 50, "max_steps_per_epoch": None}}}
+
+
+def start_dvc_repro(repo: Path, log: Path) -> subprocess.Popen:
+    """`dvc repro pretrain` in a session of its own (as a terminal runs it), once its stage trains."""
+    fake_synthetic_set(repo)
+    git(repo, "add", "--all")
+    git(repo, "commit", "--quiet", "-m", "long training")
+    proc = subprocess.Popen(
+        [str(DVC), "repro", "--single-item", "pretrain"], cwd=repo, env=stage_env(),
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while "Wrapping provided model in DistributedDataParallel" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return proc
+
+
+def stage_runs(repo: Path) -> list[tuple[str, str]]:
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id], order_by=["start_time"])
+    return [(r.info.run_name, r.info.status) for r in runs]
+
+
+def wait_gone(processes: list[psutil.Process], timeout: float) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return [f"{p.pid} {p.name()}" for p in alive]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM to dvc", "Ctrl-C"])
+def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo, tmp_path, how):
+    write_params(repo, LONG_TRAINING)
+    log = tmp_path / "repro.log"
+    proc = start_dvc_repro(repo, log)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    stage = next(p for p in tree if "pipeline.pretrain" in " ".join(p.cmdline()))
+    if how == "Ctrl-C":
+        os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole foreground group
+    else:
+        proc.send_signal(signal.SIGTERM)  # dvc dies at once and passes nothing on
+    assert wait_gone([stage, *tree], timeout=60) == []
+    proc.wait(timeout=30)
+    time.sleep(5)  # an orphaned stage would write its outputs now
+    assert_no_outputs(repo, "pretrain")
+    assert stage_runs(repo) == [("pretrain", "KILLED")]
+    assert list((repo / ".ray_runs").glob("*")) == []
+    assert "pretrain: interrupted (SIGTERM); no output written" in log.read_text() or how == "Ctrl-C"
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_the_next_run_closes_the_stale_run_and_checkpoints(repo, tmp_path):
+    write_params(repo, LONG_TRAINING)
+    proc = start_dvc_repro(repo, tmp_path / "repro.log")
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    next(p for p in tree if "pipeline.pretrain" in " ".join(p.cmdline())).kill()
+    proc.wait(timeout=60)
+    assert stage_runs(repo) == [("pretrain", "RUNNING")]  # nothing can run in a SIGKILLed process
+    assert list((repo / ".ray_runs").glob("pretrain-*")) != []
+    wait_gone(tree, timeout=30)
+    for p in tree:  # Ray's agents may outlive a SIGKILLed driver (README, "Reliability")
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+    write_params(repo, {"train": {"loop": {"epochs": 1, "max_steps_per_epoch": 1}}})
+    done = run_stage(repo, "pretrain", timeout=300)
+    assert done.returncode == 0, describe(done)
+    assert stage_runs(repo) == [("pretrain", "KILLED"), ("pretrain", "FINISHED")]
+    assert list((repo / ".ray_runs").glob("*")) == []
+
+
+# --- reproducibility: identical trainings, identical files ------------------------------------
+
+
+@pytest.mark.slow
+def test_two_identical_trainings_write_identical_bytes(repo):
+    fake_synthetic_set(repo)
+    files = [repo / rel for rel in OUTPUTS["pretrain"]]
+    first = []
+    for attempt in range(2):
+        done = run_stage(repo, "pretrain", timeout=300)
+        assert done.returncode == 0, describe(done)
+        contents = [f.read_bytes() for f in files]
+        if attempt == 0:
+            first = contents
+            assert "seconds" not in json.loads(contents[1]) and "epoch/seconds" not in contents[1].decode()
+    assert contents == first
