@@ -109,3 +109,10 @@ def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedPro
 def describe(done: subprocess.CompletedProcess[str]) -> str:
     """A failed subprocess for an assertion message: its exit code and output tails."""
     return f"exit {done.returncode}\n--- stdout ---\n{done.stdout[-4000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
+
+
+def error_line(stderr: str, stage: str) -> str:
+    """The one `<stage>: error: …` line of a stage's stderr (asserted to be exactly one)."""
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{stage}: error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]

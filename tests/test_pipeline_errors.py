@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 import btbnet
 from btbnet import BTBNetConfig
-from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, run_stage, write_params
+from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, error_line, run_stage, write_params
 
 SOURCES = Path("data/embedded/sources")
 FINETUNE_DATA = Path("data/embedded/defocus/train")
@@ -23,13 +23,6 @@ FINETUNE_DATA = Path("data/embedded/defocus/train")
 @pytest.fixture()
 def repo(tmp_path) -> Path:
     return copy_repo(tmp_path / "repo", TINY_PARAMS)
-
-
-def error_line(stderr: str, stage: str) -> str:
-    """The one `<stage>: error: …` line of a stage's stderr."""
-    lines = [line for line in stderr.splitlines() if line.startswith(f"{stage}: error: ")]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
 
 
 def assert_no_synthetic_output(repo: Path) -> None:

@@ -26,7 +26,7 @@ import btbnet
 from btbnet import BTBNetConfig
 from pipeline.params import load_params
 from pipeline.training import RayConfig, wait_for_workers
-from tests.pipeline_helpers import DVC, TINY_PARAMS, copy_repo, describe, dvc, git, run_stage, stage_env, write_params
+from tests.pipeline_helpers import error_line, DVC, TINY_PARAMS, copy_repo, describe, dvc, git, run_stage, stage_env, write_params
 
 DATA = Path("data/embedded/defocus/train")  # finetune's data (gt: 255 = blurred)
 SOURCES = Path("data/embedded/sources")
@@ -41,12 +41,6 @@ OUTPUTS = {
 @pytest.fixture()
 def repo(tmp_path) -> Path:
     return copy_repo(tmp_path / "repo", TINY_PARAMS)
-
-
-def error_line(stderr: str, stage: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith(f"{stage}: error: ")]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
 
 
 def plant_old_outputs(repo: Path, stage: str) -> None:
