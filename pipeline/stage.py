@@ -57,9 +57,21 @@ def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None])
     except ERRORS as exc:
         print(f"{stage}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted ({_signals[-1] if _signals else 'SIGINT'}); no output written", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if (name := interruption(exc)) is None:
+            raise
+        print(f"{stage}: interrupted ({name}); no output written", file=sys.stderr)
         sys.exit(INTERRUPTED)
+
+
+def interruption(exc: BaseException) -> str | None:
+    """The signal that `exc` stands for (KeyboardInterrupt: SIGINT or our SIGTERM; SystemExit(15):
+    SIGTERM while ray.init's own handler, which calls sys.exit, was in place), else None."""
+    if isinstance(exc, KeyboardInterrupt):
+        return _received[-1] if _received else "SIGINT"  # Ray may re-raise it without its args
+    if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
+        return "SIGTERM"
+    return None
 
 
 def interrupt_on_sigterm() -> None:
@@ -67,13 +79,13 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
-_signals: list[str] = []  # the SIGTERMs received, for the message
+_received: list[str] = []  # SIGTERMs turned into KeyboardInterrupt
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    _signals.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt(_signals[-1])
+    _received.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_received[-1])
 
 
 def die_with_parent() -> None:
@@ -119,21 +131,22 @@ def init_ray(env_vars: dict[str, str] | None = None) -> bool:
     """Connect to $RAY_ADDRESS (a cluster, see infra/) or start a local Ray instance; True if
     local. `env_vars` are set for every Ray process of the job (with the MLflow settings).
 
-    Workers import `pipeline` and `btbnet` from the repo root: on a cluster the repo must be at
-    the same path on every node (infra/cluster.yaml mounts it there).
+    The workers get the project's code through Ray's runtime environment (`py_modules`: this
+    checkout's btbnet/ and pipeline/, uploaded once per version), so the nodes of a cluster
+    need the dependencies only, not the repo at any path.
     """
     import ray
 
     address = os.environ.get("RAY_ADDRESS") or "local"  # None would join any `ray start` cluster here
     if ray.is_initialized():
         return address == "local"
-    env = dict(env_vars or {}) | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = dict(env_vars or {})
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "TORCH_HOME"):
         if var in os.environ:
             env[var] = os.environ[var]
     ray.init(
         address=address,
-        runtime_env={"env_vars": env},
+        runtime_env={"py_modules": [str(REPO_ROOT / "btbnet"), str(REPO_ROOT / "pipeline")], "env_vars": env},
         log_to_driver=True,
         logging_level="WARNING",
     )

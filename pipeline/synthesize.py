@@ -62,14 +62,17 @@ def configure(params: Params) -> SynthesizeConfig:
 
 def write_batch(batch: dict[str, np.ndarray], out_dir: str, max_size: int | None) -> dict[str, list[Any]]:
     """Ray Data batch function (a stateless task): synthesise each source's 20 samples to disk."""
-    rows: dict[str, list[Any]] = {"name": [], "samples": [], "bytes": [], "error": []}
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    rows: dict[str, list[Any]] = {"name": [], "samples": [], "bytes": [], "error": [], "node": []}
     for path, name in zip(batch["path"], batch["name"]):
         samples, size, error = 0, 0, ""
         try:
             samples, size = write_samples(Source(Path(path), name), out_dir, max_size)
         except DataError as exc:
             error = str(exc)
-        for key, value in zip(rows, (name, samples, size, error)):
+        for key, value in zip(rows, (name, samples, size, error, node)):
             rows[key].append(value)
     return rows
 
@@ -112,6 +115,7 @@ def run(s: SynthesizeConfig) -> None:
             "samples": samples,
             "samples_with_augmentation": samples * NUM_AUGMENTATIONS,
             "bytes": int(sum(r["bytes"] for r in rows)),
+            "ray_nodes": len({r["node"] for r in rows}),  # nodes the tasks ran on
         }
         stage.write_json(resolve(s.metrics), metrics)
         mlflow.log_metrics(metrics)

@@ -17,13 +17,17 @@ an existing run with the same name); it is deleted once the final model is copie
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import random
 import shutil
+import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import mlflow
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from btbnet.checkpoint import load_checkpoint, save_checkpoint
+from btbnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, deep_merge, from_mapping, to_dict
 from btbnet.data import InputConfig, PairDataset
 from btbnet.model import FocusMap, build_model
@@ -43,6 +47,7 @@ from .params import REPO_ROOT, Params, ParamsError
 from .tracking import MetricLogger, stage_run, tracking_uri
 
 RAY_RUNS = REPO_ROOT / ".ray_runs"
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,15 @@ class RayConfig:
     start_timeout_s:  how long the workers may wait for a cluster's resources (an autoscaler
                       adding nodes) before the stage fails; a local Ray instance the stage
                       started itself cannot grow, so a request it cannot hold fails at once.
+    checkpoint_every_steps: a resumable checkpoint every this many steps within an epoch (and
+                      one at the end of every epoch); None: at epoch ends only.
+    max_failures:     lost workers (a crash, a preempted node) survived per stage run: the
+                      worker group restarts from the last checkpoint (Ray's FailureConfig).
+    placement_strategy: how Ray places the workers: "PACK" (fewest nodes) or "SPREAD" (one per
+                      node where it can), as Ray's ScalingConfig.
+    storage:          where Ray Train keeps run state and checkpoints: None for the repo's
+                      `.ray_runs/`, or a folder / URI every node reaches (a shared file
+                      system, `s3://bucket/prefix`, any pyarrow file system).
     """
 
     num_workers: int = 1
@@ -63,12 +77,20 @@ class RayConfig:
     use_gpu: bool = False
     loader_workers: int = 0
     start_timeout_s: float = 300.0
+    checkpoint_every_steps: int | None = 100
+    max_failures: int = 2
+    placement_strategy: str = "PACK"
+    storage: str | None = None
 
     def __post_init__(self) -> None:
         check_int("num_workers", self.num_workers, 1)
         check_number("cpus_per_worker", self.cpus_per_worker, 0.0, low_open=True)
         check_int("loader_workers", self.loader_workers, 0)
         check_number("start_timeout_s", self.start_timeout_s, 1.0)
+        check_int("checkpoint_every_steps", self.checkpoint_every_steps, 1, allow_none=True)
+        check_int("max_failures", self.max_failures, 0)
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(f"placement_strategy: must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}")
 
     def describe(self) -> str:
         return f"{self.num_workers} workers × ({self.cpus_per_worker:g} CPU{' + 1 GPU' if self.use_gpu else ''})"
@@ -144,34 +166,110 @@ class StageSpec:
         return self.train.input.dataset(self.data, self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
 
 
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler that can start part-way through an epoch: its first `skip`
+    indices (the batches a resumed run has done already) are left out."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def make_loader(dataset: PairDataset, train: TrainConfig, rank: int, world: int) -> DataLoader:
     """Rank `rank`'s shard of `dataset`, in an order fixed by `loop.seed` and the epoch.
 
-    The sampler is ours (seeded), and Ray's `prepare_data_loader` is told not to replace it.
+    The sampler is ours (seeded, resumable), and Ray's `prepare_data_loader` is told not to
+    replace it.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=train.loop.seed)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=train.loop.seed)
     return DataLoader(
         dataset, batch_size=train.loop.batch_size // world, sampler=sampler, num_workers=train.ray.loader_workers
     )
 
 
+class Attempts:
+    """A Ray actor of the stage run: which nodes the workers ran on, how often the worker group
+    (re)started, how many steps rank 0 ran in all, and the bad input that ended an attempt
+    (a restart would only meet it again, so the next attempt fails at once)."""
+
+    def __init__(self) -> None:
+        self.starts, self.steps, self.nodes, self.bad_input = 0, 0, set(), None
+
+    def join(self, rank: int, node_id: str) -> BaseException | None:
+        self.starts += rank == 0
+        self.nodes.add(node_id)
+        return self.bad_input
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def fail(self, error: BaseException) -> None:
+        self.bad_input = error
+
+    def summary(self) -> dict[str, Any]:
+        return {"starts": self.starts, "steps": self.steps, "nodes": sorted(self.nodes)}
+
+
+STATE_FILE = "state.pt"  # beside model.pt in each Ray checkpoint: what a resumed run needs
+
+
+def save_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int, step: int) -> None:
+    """Optimiser, schedule, position (`step` steps of `epoch` done) and RNG state of rank 0."""
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        },
+        folder / STATE_FILE,
+    )
+
+
+def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, int]:
+    """Restore a checkpoint's model, optimiser, schedule and RNG state; its (epoch, step)."""
+    unwrap(model).load_state_dict(read_checkpoint(folder / "model.pt")["state_dict"])
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)  # our own file
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    return state["epoch"], state["step"]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's worker function: `fit_worker`, bad input re-raised without its traceback
     (Ray logs the traceback of whatever the function raises, once per worker)."""
+    import ray
+
+    attempts = config["attempts"]
     try:
-        fit_worker(config)
+        fit_worker(config, attempts)
     except stage.ERRORS as exc:
-        raise type(exc)(*exc.args).with_traceback(None) from None
+        error = type(exc)(*exc.args)
+        ray.get(attempts.fail.remote(error))
+        raise error.with_traceback(None) from None
 
 
-def fit_worker(config: dict[str, Any]) -> None:
+def fit_worker(config: dict[str, Any], attempts: Any) -> None:
+    """One worker's part of the run, from the last checkpoint if Ray Train restored one."""
+    import ray
     import ray.train
     import ray.train.torch
 
     spec: StageSpec = config["spec"]
-    t = spec.train
+    t, r = spec.train, spec.train.ray
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    bad_input = ray.get(attempts.join.remote(rank, ray.get_runtime_context().get_node_id()))
+    if bad_input is not None:
+        raise bad_input
     torch.manual_seed(t.loop.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     np.random.seed(t.loop.seed + rank)
 
@@ -179,38 +277,63 @@ def fit_worker(config: dict[str, Any]) -> None:
         model = load_checkpoint(spec.init_checkpoint).train()
     else:
         model = build_model(spec.model, vgg16_weights=spec.vgg16_weights)
-    model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(model, t.optim)
-
     dataset = spec.dataset()
     loader = make_loader(dataset, t, rank, world)
+    steps_per_epoch = min(len(loader), t.loop.max_steps_per_epoch or len(loader))
+    scheduler = make_scheduler(optimizer, t.optim, total_steps=t.loop.epochs * steps_per_epoch)
+    first_epoch, first_step = 0, 0
+    if (restored := ray.train.get_checkpoint()) is not None:
+        with restored.as_directory() as folder:
+            first_epoch, first_step = load_state(Path(folder), model, optimizer, scheduler)
+    model = ray.train.torch.prepare_model(model)
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     device = ray.train.torch.get_device()
     logger = MetricLogger(*config["mlflow"]) if rank == 0 else None
-    steps_per_epoch = min(len(loader), t.loop.max_steps_per_epoch or len(loader))
-    scheduler = make_scheduler(optimizer, t.optim, total_steps=t.loop.epochs * steps_per_epoch)
+    logged = {"step": -1, "epoch": -1}  # what the run holds from earlier attempts: not logged twice
+    if logger:
+        logged = {"step": logger.last_step("step/total"), "epoch": logger.last_step("epoch/total")}
+        if restored is not None:
+            print(f"{spec.name}: resumed at epoch {first_epoch}, step {first_step} of {steps_per_epoch}")
 
-    for epoch in range(t.loop.epochs):
-        loader.sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-
-        def on_step(step: int, terms: dict[str, float]) -> None:
-            if logger and (step % 5 == 0 or step == steps_per_epoch - 1):
-                logger.log({f"step/{k}": v for k, v in terms.items()}, step=epoch * steps_per_epoch + step)
-
-        terms = train_epoch(
-            model, loader, optimizer, t.optim, device=device, on_step=on_step,
-            max_steps=t.loop.max_steps_per_epoch, scheduler=scheduler,
-        )  # fmt: skip
-        metrics = {f"epoch/{k}": v for k, v in terms.items()} | {"epoch": epoch}
+    def report(metrics: dict[str, float], epoch: int, step: int) -> None:
+        """A checkpoint at `step` steps into `epoch` (rank 0 writes it; every rank reports)."""
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 trained_at = {"max_size": t.input.max_size} if t.input.max_size else {}  # predict at this scale
-                save_checkpoint(model, Path(tmp) / "model.pt", epoch=epoch, stage=spec.name, **trained_at)
+                save_checkpoint(model, Path(tmp) / "model.pt", epoch=epoch - (step == 0), stage=spec.name, **trained_at)
+                save_state(Path(tmp), optimizer, scheduler, epoch, step)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                logger.log(metrics, step=epoch)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if logger:
+            logger.flush()  # the steps up to this checkpoint, once: a restart redoes only later ones
+
+    for epoch in range(first_epoch, t.loop.epochs):
+        start = first_step if epoch == first_epoch else 0
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.skip = start * (t.loop.batch_size // world)
+        dataset.set_epoch(epoch)
+
+        def on_step(i: int, terms: dict[str, float]) -> None:
+            step = start + i  # within the epoch
+            if logger:
+                attempts.step.remote()
+                at = epoch * steps_per_epoch + step
+                if (step % 5 == 0 or step == steps_per_epoch - 1) and at > logged["step"]:
+                    logger.log({f"step/{k}": v for k, v in terms.items()}, step=at)
+            done = step + 1
+            if r.checkpoint_every_steps and done % r.checkpoint_every_steps == 0 and done < steps_per_epoch:
+                report({"epoch": epoch, "step": done}, epoch, done)
+
+        terms = train_epoch(
+            model, loader, optimizer, t.optim, device=device, on_step=on_step,
+            max_steps=steps_per_epoch - start, scheduler=scheduler,
+        )  # fmt: skip
+        metrics = {f"epoch/{k}": v for k, v in terms.items()} | {"epoch": epoch, "steps_per_epoch": steps_per_epoch}
+        if logger and epoch > logged["epoch"]:
+            logger.log(metrics, step=epoch)
+        report(metrics, epoch + 1, 0)
 
 
 def wait_for_workers(r: RayConfig, nodes: Callable[[], list[dict[str, Any]]], timeout_s: float, poll_s: float = 2.0) -> None:
@@ -240,53 +363,101 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local: bool) -> dict[str, float]:
+def run_key(spec: StageSpec) -> str:
+    """A digest of what DVC hashes for the stage: its settings (the whole spec), the content of
+    its data and initial weights, and the project code loaded. A killed stage resumes its Ray
+    Train run only under the same key; a changed stage starts afresh."""
+    digest = hashlib.sha256(json.dumps(to_dict(spec), sort_keys=True, default=str).encode())
+    code = sorted(Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)
+                  and Path(m.__file__).is_relative_to(REPO_ROOT) and Path(m.__file__).relative_to(REPO_ROOT).parts[0] in ("btbnet", "pipeline"))  # fmt: skip
+    inputs = [f for f in sorted(spec.data.rglob("*")) if f.is_file()] + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and Path(p).is_file()]
+    for path in code + inputs:
+        digest.update(str(path).encode())
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+class RunStore:
+    """Ray Train's run folders of the training stages: `ray.storage` (a local folder or any
+    pyarrow file-system URI), `<stage>-<run key>` each."""
+
+    def __init__(self, storage: str | None):
+        import pyarrow.fs
+
+        self.uri = storage or str(RAY_RUNS)
+        if "://" not in self.uri:
+            Path(self.uri).mkdir(parents=True, exist_ok=True)
+        self.fs, self.root = pyarrow.fs.FileSystem.from_uri(self.uri)
+
+    def runs(self, stage_name: str) -> list[str]:
+        import pyarrow.fs
+
+        listed = self.fs.get_file_info(pyarrow.fs.FileSelector(self.root, allow_not_found=True))
+        return sorted(i.base_name for i in listed if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(f"{stage_name}-"))
+
+    def remove(self, name: str) -> None:
+        self.fs.delete_dir(f"{self.root}/{name}")
+
+
+def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local: bool, store: RunStore, key: str) -> dict[str, Any]:
     """Fit with Ray Train's TorchTrainer and copy the final model to `out` (a staging path).
 
     The request is checked against the cluster first (`wait_for_workers`), and Ray's own wait
     for the worker group is bounded by `ray.start_timeout_s` (it retries without end by default).
+    The run folder `<stage>-<key>` of `ray.storage` is kept when the stage is interrupted or
+    crashes, so that rerunning the same stage resumes from its last checkpoint (Ray Train
+    resumes a run it finds there); it is deleted once the model is out, or on bad input.
     """
     import ray
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     r = spec.train.ray
     wait_for_workers(r, ray.nodes, 0 if local else r.start_timeout_s)
-    for stale in RAY_RUNS.glob(f"{spec.name}-*"):  # left by a killed run of this stage
-        shutil.rmtree(stale, ignore_errors=True)
-    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    name = f"{spec.name}-{key}"
+    for stale in store.runs(spec.name):
+        if stale != name:  # a killed run of another version of the stage: never resumed
+            store.remove(stale)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    attempts = ray.remote(num_cpus=0)(Attempts).options(scheduling_strategy=here).remote()  # dies with the driver only
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec, "mlflow": mlflow_run},
+        train_loop_config={"spec": spec, "mlflow": mlflow_run, "attempts": attempts},
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker}
+            num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker},
+            placement_strategy=r.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            storage_path=str(RAY_RUNS),
+            storage_path=store.uri,
             name=name,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(controller_failure_limit=0),  # a start-up timeout ends the run
+            # lost workers restart from the last checkpoint; a start-up timeout ends the run
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures, controller_failure_limit=0),
         ),
     )
     # Ray's SIGINT handler waits on the controller's abort, for ever if the controller is stuck;
     # the stage's own (KeyboardInterrupt, then Ray's shutdown) never hangs.
     trainer._register_sigint_handler = lambda controller: None
     try:
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as exc:
-            if (bad_input := worker_error(exc)) is not None:
-                raise bad_input from None
-            startup = getattr(exc, "controller_failure", None)
-            if startup is not None and "Timeout" in type(startup).__name__:
-                raise ConfigError(f"train.ray: {r.describe()} did not start within ray.start_timeout_s={r.start_timeout_s:g} s ({startup})") from None
-            raise
-        with result.checkpoint.as_directory() as d:
-            shutil.copyfile(Path(d) / "model.pt", out)
-        return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    finally:
-        shutil.rmtree(RAY_RUNS / name, ignore_errors=True)
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        if (bad_input := worker_error(exc)) is not None:
+            store.remove(name)
+            raise bad_input from None
+        startup = getattr(exc, "controller_failure", None)
+        if startup is not None and "Timeout" in type(startup).__name__:
+            raise ConfigError(f"train.ray: {r.describe()} did not start within ray.start_timeout_s={r.start_timeout_s:g} s ({startup})") from None
+        raise
+    with result.checkpoint.as_directory() as d:
+        shutil.copyfile(Path(d) / "model.pt", out)
+    store.remove(name)
+    seen = ray.get(attempts.summary.remote())
+    total = spec.train.loop.epochs * result.metrics.get("steps_per_epoch", 0)
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "steps_per_epoch"}
+    return metrics | {"worker_restarts": seen["starts"] - 1, "ray_nodes": len(seen["nodes"]), "steps_redone": max(0, seen["steps"] - total), "node_ids": seen["nodes"]}
 
 
 def log_loss_curves(run_id: str) -> None:
@@ -350,12 +521,16 @@ def train_stage(spec: StageSpec) -> None:
         "data": str(spec.data),
         "init": str(spec.init_checkpoint or spec.vgg16_weights or "random"),
     }
-    with stage_run(spec.name, logged) as run:
+    key, store = run_key(spec), RunStore(spec.train.ray.storage)
+    resume = f"{spec.name}-{key}" in store.runs(spec.name)  # a killed run of this very stage
+    with stage_run(spec.name, logged, run_key=key, resume=resume) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
         local = stage.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
         with stage.staged(spec.out) as tmp:
-            metrics = run_training(spec, (tracking_uri(), run.info.run_id), tmp, local)
+            metrics = run_training(spec, (tracking_uri(), run.info.run_id), tmp, local, store, key)
+        mlflow.set_tag("ray.node_ids", ",".join(metrics.pop("node_ids")))  # not in the metrics file: new every cluster start
         metrics["train_samples"] = len(dataset)
+        mlflow.log_metrics({k: metrics[k] for k in ("worker_restarts", "ray_nodes", "steps_redone")})
         stage.write_json(spec.metrics, metrics)
         mlflow.log_artifact(str(spec.metrics))
         log_loss_curves(run.info.run_id)

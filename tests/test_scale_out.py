@@ -1,0 +1,294 @@
+"""Scale-out, proven on this machine: a real two-node Ray cluster, lost workers and nodes, an
+interrupted stage that resumes, Ray Jobs, and a real MLflow tracking server.
+
+The cluster is two `ray start --block` processes (a head and a second node, one CPU each),
+stopped by PID; stages reach it through RAY_ADDRESS as on any cluster. Kills come from
+outside (SIGKILL to a Train worker's PID, SIGTERM to a node), never from the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.pipeline_helpers import DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, git, stage_env, write_params
+
+pytestmark = pytest.mark.slow
+
+# Steps per epoch and checkpoint interval. Ray Train resumes from a reported checkpoint only
+# once its poll of the workers has registered it (every 2 s by default; README, "Reliability"):
+# the stages here poll every 0.2 s, so that the intervals of these short steps outlast it.
+STEPS, EVERY = 16, 8
+POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+RESUMABLE = {
+    "train": {
+        "input": {"image_size": 64},
+        "loop": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": STEPS},
+        "ray": {"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_steps": EVERY, "max_failures": 2},
+    }
+}
+SPREAD = {"train": {"ray": {"placement_strategy": "SPREAD"}}}
+RAY = PYTHON_DIR / "ray"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """`ray start --head` plus `ray start --address` on this machine; stopped by PID. Token
+    authentication is off on the nodes and in every client alike (RAY_AUTH_MODE)."""
+
+    def __init__(self, tmp: Path):
+        self.port, self.dashboard = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = tmp
+        self.head = self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=true",
+                                         "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}"])  # fmt: skip
+        self.worker = self.head
+        try:
+            self.wait_for_nodes(1)
+            self.worker = self.add_node()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for proc in {self.worker, self.head}:
+            Cluster.stop(proc)
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(RAY), "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
+            env=stage_env() | {"RAY_AUTH_MODE": "disabled"}, stdout=(self.log / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def add_node(self) -> subprocess.Popen:
+        proc = self._start("worker", [f"--address={self.address}"])
+        self.wait_for_nodes(2)
+        return proc
+
+    def alive_nodes(self) -> int:
+        code = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+        done = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=120)
+        return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive_nodes() != count:
+            assert time.monotonic() < deadline, (self.log / "head.log").read_text()[-2000:]
+            time.sleep(1)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    def env(self) -> dict[str, str]:
+        return stage_env() | {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture()
+def cluster(tmp_path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def repo(tmp_path) -> Path:
+    return copy_repo(tmp_path / "repo", TINY_PARAMS)
+
+
+def run(repo: Path, args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(repo: Path, stage: str) -> dict:
+    return json.loads((repo / "metrics" / f"{stage}.json").read_text())
+
+
+def step_history(repo: Path, stage: str, uri: str | None = None) -> list[int]:
+    client = MlflowClient(uri or f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id], f"tags.`btbnet.stage` = '{stage}'")
+    assert [r.info.status for r in runs] == ["FINISHED"], [(r.info.run_name, r.info.status) for r in runs]
+    return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "step/total"))
+
+
+def logged_steps(epochs: int, steps: int) -> list[int]:
+    """The steps rank 0 logs (every 5th and each epoch's last), each exactly once."""
+    return [e * steps + s for e in range(epochs) for s in range(steps) if s % 5 == 0 or s == steps - 1]
+
+
+def fake_synthetic_set(repo: Path) -> None:
+    shutil.copytree(repo / "data/embedded/defocus/train", repo / "data/synthetic")
+
+
+def start(repo: Path, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=repo, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, count: int = 1, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while log.read_text().count(text) < count:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.3)
+
+
+# --- 1. two nodes --------------------------------------------------------------------------
+
+
+def test_synthesize_and_pretrain_run_on_both_nodes(cluster, repo):
+    write_params(repo, SPREAD)
+    for stage in ("synthesize", "pretrain"):
+        done = run(repo, [sys.executable, "-m", f"pipeline.{stage}"], cluster.env())
+        assert done.returncode == 0, describe(done)
+        assert metrics(repo, stage)["ray_nodes"] == 2, stage
+    assert metrics(repo, "pretrain")["worker_restarts"] == 0
+
+
+# --- 2. lost workers and nodes ---------------------------------------------------------------
+
+
+def train_workers(root: psutil.Process) -> list[psutil.Process]:
+    return [p for p in root.children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+
+
+def test_a_killed_train_worker_is_survived_from_the_last_checkpoint(repo, tmp_path):
+    write_params(repo, RESUMABLE)
+    fake_synthetic_set(repo)
+    log = tmp_path / "stage.log"
+    proc = start(repo, [sys.executable, "-m", "pipeline.pretrain"], stage_env() | POLL, log)
+    wait_for(log, "Checkpoint successfully created", proc, count=1)  # mid-epoch, after step 8
+    time.sleep(0.6)  # registered by Ray Train's poll
+    victim = train_workers(psutil.Process(proc.pid))[-1]
+    victim.kill()  # SIGKILL from outside
+    assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    m = metrics(repo, "pretrain")
+    assert m["worker_restarts"] >= 1 and 0 < m["steps_redone"] <= EVERY, m
+    assert (repo / "models/pretrain.pt").stat().st_size > 0
+    assert step_history(repo, "pretrain") == logged_steps(2, STEPS)  # one MLflow run, no step twice
+    assert "pretrain: resumed at epoch" in log.read_text()
+
+
+def test_a_removed_node_is_survived(cluster, repo, tmp_path):
+    write_params(repo, RESUMABLE)
+    write_params(repo, SPREAD | {"train": {"loop": {"max_steps_per_epoch": 5 * STEPS}}})  # outlasts the node
+    fake_synthetic_set(repo)
+    log = tmp_path / "stage.log"
+    proc = start(repo, [sys.executable, "-m", "pipeline.pretrain"], cluster.env() | POLL, log)
+    wait_for(log, "Checkpoint successfully created", proc, count=1)
+    node = psutil.Process(cluster.worker.pid)
+    for p in node.children(recursive=True):  # the second node dies with its worker
+        p.kill()
+    assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+    m = metrics(repo, "pretrain")
+    assert m["worker_restarts"] >= 1 and m["steps_redone"] <= EVERY + 8, m  # + the steps of one poll
+    assert step_history(repo, "pretrain") == logged_steps(2, 5 * STEPS)
+
+
+# --- 3. an interrupted stage resumes; a changed one does not -----------------------------------
+
+
+def interrupt_repro(repo: Path, log: Path) -> None:
+    proc = start(repo, [str(DVC), "repro", "--single-item", "pretrain"], stage_env(), log)
+    wait_for(log, "Checkpoint successfully created", proc, count=2)
+    stage = next(p for p in psutil.Process(proc.pid).children(recursive=True) if "pipeline.pretrain" in " ".join(p.cmdline()))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    stage.wait(timeout=60)
+    assert not (repo / "models/pretrain.pt").exists()
+
+
+def test_an_interrupted_stage_resumes_and_a_changed_one_starts_afresh(repo, tmp_path):
+    write_params(repo, RESUMABLE)
+    fake_synthetic_set(repo)
+    git(repo, "add", "--all")
+    git(repo, "commit", "-q", "-m", "resumable")
+    interrupt_repro(repo, tmp_path / "first.log")
+    runs = list((repo / ".ray_runs").glob("pretrain-*"))
+    assert len(runs) == 1  # kept for the resume
+
+    write_params(repo, {"train": {"optim": {"lr_new": 0.002}}})  # another stage now
+    interrupt_repro(repo, tmp_path / "changed.log")
+    assert "resumed at" not in (tmp_path / "changed.log").read_text()
+    assert not runs[0].exists()  # the old version's run is gone, never resumed
+
+    done = dvc(repo, "repro", "--single-item", "pretrain")
+    assert done.returncode == 0, describe(done)
+    resumed = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "pretrain: resumed at epoch" in line]
+    assert resumed and not resumed[0].endswith("epoch 0, step 0 of 16"), resumed
+    assert list((repo / ".ray_runs").glob("*")) == []
+    assert step_history(repo, "pretrain") == logged_steps(2, STEPS)
+
+
+# --- 4. code through the runtime env, a tracking server --------------------------------------
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(PYTHON_DIR / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
+        env=stage_env(), stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_every_stage_logs_to_a_tracking_server(repo, mlflow_server):
+    done = subprocess.run([str(DVC), "repro"], cwd=repo, env=stage_env() | {"MLFLOW_TRACKING_URI": mlflow_server},
+                          capture_output=True, text=True, timeout=900)  # fmt: skip  (stage_env() drops the URI)
+    assert done.returncode == 0, describe(done)
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()  # nothing local
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id])
+    by_stage = {r.data.tags["btbnet.stage"]: r for r in runs}
+    assert sorted(by_stage) == ["baselines", "evaluate", "finetune", "pretrain", "synthesize"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for stage, run_ in by_stage.items():
+        artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
+        assert run_.data.metrics, stage
+        assert artifacts, stage
+    assert "model" in {a.path for a in client.list_artifacts(by_stage["finetune"].info.run_id)}
+    assert step_history(repo, "pretrain", mlflow_server)
+
+
+# --- 5. Ray Jobs --------------------------------------------------------------------------------
+
+
+def test_ray_job_submit_runs_a_stage_on_the_cluster(cluster, repo):
+    """What the README says: `ray job submit --working-dir . -- <command>` against the cluster."""
+    write_params(repo, SPREAD)
+    done = run(repo, [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard}",
+                      "--working-dir", ".", "--", "python", "-m", "pipeline.synthesize"], cluster.env())  # fmt: skip
+    assert done.returncode == 0, describe(done)
+    assert "synthesize: 560 samples from 28 sources" in done.stdout
+    assert "succeeded" in done.stdout
