@@ -133,7 +133,8 @@ def init_ray(env_vars: dict[str, str] | None = None) -> bool:
 
     The workers get the project's code through Ray's runtime environment (`py_modules`: this
     checkout's btbnet/ and pipeline/, uploaded once per version), so the nodes of a cluster
-    need the dependencies only, not the repo at any path.
+    need the dependencies only, not the repo at any path. Inside a Ray job submitted with
+    `--working-dir` the job's runtime environment already carries the code to every worker.
     """
     import ray
 
@@ -144,9 +145,11 @@ def init_ray(env_vars: dict[str, str] | None = None) -> bool:
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "TORCH_HOME"):
         if var in os.environ:
             env[var] = os.environ[var]
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
+    code = {} if "working_dir" in job else {"py_modules": [str(REPO_ROOT / "btbnet"), str(REPO_ROOT / "pipeline")]}
     ray.init(
         address=address,
-        runtime_env={"py_modules": [str(REPO_ROOT / "btbnet"), str(REPO_ROOT / "pipeline")], "env_vars": env},
+        runtime_env=code | {"env_vars": env},
         log_to_driver=True,
         logging_level="WARNING",
     )
