@@ -7,12 +7,14 @@ stage's own section may hold any of these blocks too; its keys override the shar
 
 Each worker builds the model (or loads the stage's initial checkpoint), wraps it in DDP with
 `prepare_model`, reads its shard of the (image, mask) folder through a DistributedSampler
-seeded with `loop.seed` and runs `btbnet.train.train_epoch`. After every epoch rank 0 alone
-saves a checkpoint, reports it to Ray Train and logs the losses to the stage's MLflow run;
-the other ranks report metrics only.
+seeded with `loop.seed` and runs `btbnet.train.train_epoch`. Every `ray.checkpoint_every_steps`
+steps and at every epoch's end rank 0 alone saves a resumable checkpoint (model.pt, the
+deployable checkpoint, and state.pt: optimiser, schedule, position, RNG) and flushes the losses
+to the stage's MLflow run; every rank reports to Ray Train.
 
-Every Ray Train run gets a fresh directory under `.ray_runs/` (Ray Train silently resumes from
-an existing run with the same name); it is deleted once the final model is copied out.
+Fault tolerance (README, "Scale-out and fault tolerance"): a lost worker restarts the group
+from the last checkpoint (`ray.max_failures`); the run is named `<stage>-<run_key>`, so a
+killed stage rerun unchanged resumes it and a changed stage never does.
 """
 
 from __future__ import annotations

@@ -191,7 +191,8 @@ def test_a_killed_train_worker_is_survived_from_the_last_checkpoint(repo, tmp_pa
 
 def test_a_removed_node_is_survived(cluster, repo, tmp_path):
     write_params(repo, RESUMABLE)
-    write_params(repo, SPREAD | {"train": {"loop": {"max_steps_per_epoch": 5 * STEPS}}})  # outlasts the node
+    shared = tmp_path / "shared"  # Ray Train's storage outside the repo (a shared file system on a cluster)
+    write_params(repo, {"train": {"loop": {"max_steps_per_epoch": 5 * STEPS}, "ray": {"placement_strategy": "SPREAD", "storage": str(shared)}}})
     fake_synthetic_set(repo)
     log = tmp_path / "stage.log"
     proc = start(repo, [sys.executable, "-m", "pipeline.pretrain"], cluster.env() | POLL, log)
@@ -203,6 +204,8 @@ def test_a_removed_node_is_survived(cluster, repo, tmp_path):
     m = metrics(repo, "pretrain")
     assert m["worker_restarts"] >= 1 and m["steps_redone"] <= EVERY + 8, m  # + the steps of one poll
     assert step_history(repo, "pretrain") == logged_steps(2, 5 * STEPS)
+    assert "ray_runs" not in log.read_text() and str(shared) in log.read_text()  # checkpoints went there
+    assert list(shared.iterdir()) == [] and not (repo / ".ray_runs").exists()  # and the run is gone
 
 
 # --- 3. an interrupted stage resumes; a changed one does not -----------------------------------

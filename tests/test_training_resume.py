@@ -1,0 +1,87 @@
+"""The pieces of resumable training that need no Ray: the run key, the resumable sampler, the
+state saved beside each checkpoint, and the run store (tests/test_scale_out.py runs them on Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from btbnet import BTBNetConfig, build_model
+from btbnet.checkpoint import save_checkpoint
+from btbnet.data import InputConfig
+from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
+from pipeline.training import RayConfig, ResumableSampler, RunStore, StageSpec, TrainConfig, load_state, make_loader, run_key, save_state
+from tests.pipeline_helpers import REPO
+
+DATA = REPO / "data/embedded/defocus/train"
+
+
+@pytest.fixture()
+def spec(tmp_path) -> StageSpec:
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    train = TrainConfig(OptimConfig(), LoopConfig(batch_size=2, max_steps_per_epoch=4), InputConfig(image_size=16), RayConfig(num_workers=1))
+    return StageSpec("pretrain", data, "blurred", tmp_path / "m.pt", tmp_path / "m.json", train, BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0))
+
+
+def test_the_run_key_changes_with_settings_and_data_content_only(spec):
+    key = run_key(spec)
+    assert run_key(spec) == key and len(key) == 16
+    other_lr = dataclasses.replace(spec, train=dataclasses.replace(spec.train, optim=OptimConfig(lr_new=2e-3)))
+    assert run_key(other_lr) != key
+    image = next((spec.data / "image").iterdir())
+    image.touch()  # a new mtime, the same bytes: the same stage
+    assert run_key(spec) == key
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert run_key(spec) != key
+
+
+def test_the_sampler_resumes_the_same_order_part_way(spec):
+    dataset = spec.dataset()
+    sampler = ResumableSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=3)
+    sampler.set_epoch(5)
+    whole = list(sampler)
+    sampler.skip = 6
+    assert list(sampler) == whole[6:] and len(sampler) == len(whole) - 6
+
+
+def test_saved_state_restores_the_run_exactly(spec, tmp_path):
+    """Train 2 steps, save, train 2 more: a fresh model restored from the save and trained on
+    the same 2 batches ends with the same weights (optimiser momentum and schedule included)."""
+    torch.manual_seed(0)
+    t = spec.train
+
+    def fresh():
+        model = build_model(spec.model)
+        optimizer = make_optimizer(model, t.optim)
+        return model, optimizer, make_scheduler(optimizer, t.optim, total_steps=4)
+
+    model, optimizer, scheduler = fresh()
+    loader = make_loader(spec.dataset(), t, rank=0, world=1)
+    train_epoch(model, loader, optimizer, t.optim, max_steps=2, scheduler=scheduler)
+    save_checkpoint(model, tmp_path / "model.pt")
+    save_state(tmp_path, optimizer, scheduler, epoch=0, step=2)
+    loader.sampler.skip = 2 * t.loop.batch_size
+    train_epoch(model, loader, optimizer, t.optim, max_steps=2, scheduler=scheduler)
+
+    again, optimizer2, scheduler2 = fresh()
+    assert load_state(tmp_path, again, optimizer2, scheduler2) == (0, 2)
+    train_epoch(again, loader, optimizer2, t.optim, max_steps=2, scheduler=scheduler2)
+    assert scheduler2.last_epoch == scheduler.last_epoch == 4
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_the_run_store_lists_and_removes_the_runs_of_one_stage(tmp_path):
+    store = RunStore(str(tmp_path / "runs"))
+    for name in ("pretrain-aaaa", "pretrain-bbbb", "finetune-aaaa"):
+        (tmp_path / "runs" / name).mkdir()
+    (tmp_path / "runs" / "pretrain-file").write_text("not a run")
+    assert store.runs("pretrain") == ["pretrain-aaaa", "pretrain-bbbb"]
+    store.remove("pretrain-aaaa")
+    assert store.runs("pretrain") == ["pretrain-bbbb"] and store.runs("finetune") == ["finetune-aaaa"]
+    assert Path(RunStore(None).uri).name == ".ray_runs"
