@@ -13,7 +13,7 @@ from btbnet.checkpoint import read_config
 from btbnet.data import check_polarity, read_stems
 
 from . import stage
-from .params import Params, resolve
+from .params import Params, resolve, resolve_data
 from .training import BLOCKS, StageSpec, train_config, train_stage
 
 NAME = "finetune"
@@ -22,7 +22,8 @@ NAME = "finetune"
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The `finetune` section besides its recipe overrides: the defocus training set `data`
-    (image/ + gt/), what white means in its masks, the outputs, and `exclude`: a file of
+    (image/ + gt/; a path, or a URI such as s3://bucket/cuhk/train that every Train worker
+    copies once into its node's cache, `pipeline.training.local_folder`), what white means in its masks, the outputs, and `exclude`: a file of
     stems (data/splits/) held out of training for validation (None: train on every pair)."""
 
     data: str
@@ -40,7 +41,7 @@ def configure(params: Params) -> StageSpec:
     init = resolve(params["pretrain"]["model"])
     return StageSpec(
         name=NAME,
-        data=resolve(own.data),
+        data=resolve_data(own.data),
         polarity=own.polarity,
         out=resolve(own.model),
         metrics=resolve(own.metrics),

@@ -100,3 +100,8 @@ def resolve(path: str | Path) -> Path:
     """A params path made absolute against the repo root (Ray workers run elsewhere)."""
     path = Path(path)
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def resolve_data(location: str) -> str | Path:
+    """A data folder setting: a URI (s3://…, gs://…, file://…) as it is, a path resolved."""
+    return location if "://" in location else resolve(location)

@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from btbnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, deep_merge, from_mapping, to_dict
-from btbnet.data import InputConfig, PairDataset
+from btbnet.data import DataError, InputConfig, PairDataset
+from btbnet.io import atomic_output
 from btbnet.model import FocusMap, build_model
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
 
@@ -150,7 +151,7 @@ class StageSpec:
     """Everything one training stage needs; absolute paths (Ray workers run elsewhere)."""
 
     name: str
-    data: Path  # image/ + gt/
+    data: str | Path  # image/ + gt/: a local folder or a URI (`local_folder`)
     polarity: str  # what white means in data's masks
     out: Path  # the final checkpoint
     metrics: Path
@@ -165,7 +166,33 @@ class StageSpec:
         return self.out, self.metrics
 
     def dataset(self) -> PairDataset:
-        return self.train.input.dataset(self.data, self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
+        return self.train.input.dataset(local_folder(self.data), self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
+
+
+DATA_CACHE = Path(tempfile.gettempdir()) / "btbnet-data"
+
+
+def local_folder(data: str | Path) -> Path:
+    """A data folder on this node: a path as it is; a URI (s3://…, gs://…, file://…: any
+    pyarrow file system) copied into `DATA_CACHE` once per version of its content (the cache
+    key digests the URI and every file's path, size and modification time), so that a cluster
+    without a shared file system trains from object storage. The copy appears whole or not at all."""
+    if "://" not in str(data):
+        return Path(data)
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(str(data))
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    if not any(i.type == pyarrow.fs.FileType.File for i in listing):
+        raise DataError(f"{data}: no files there")
+    key = hashlib.sha256(str(data).encode())
+    for info in sorted(listing, key=lambda i: i.path):
+        key.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+    target = DATA_CACHE / key.hexdigest()[:16]
+    if not target.is_dir():
+        with atomic_output(target) as tmp:
+            pyarrow.fs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return target
 
 
 class ResumableSampler(DistributedSampler):
@@ -372,7 +399,7 @@ def run_key(spec: StageSpec) -> str:
     digest = hashlib.sha256(json.dumps(to_dict(spec), sort_keys=True, default=str).encode())
     code = sorted(Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)
                   and Path(m.__file__).is_relative_to(REPO_ROOT) and Path(m.__file__).relative_to(REPO_ROOT).parts[0] in ("btbnet", "pipeline"))  # fmt: skip
-    inputs = [f for f in sorted(spec.data.rglob("*")) if f.is_file()] + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and Path(p).is_file()]
+    inputs = [f for f in sorted(local_folder(spec.data).rglob("*")) if f.is_file()] + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and Path(p).is_file()]
     for path in code + inputs:
         digest.update(str(path).encode())
         with path.open("rb") as f:

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from btbnet import BTBNetConfig, build_model, save_checkpoint
 from tests.pipeline_helpers import DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, git, stage_env, write_params
 
 pytestmark = pytest.mark.slow
@@ -285,6 +286,19 @@ def test_every_stage_logs_to_a_tracking_server(repo, mlflow_server):
     models = client.search_logged_models([by_stage["finetune"].info.experiment_id])
     assert by_stage["finetune"].info.run_id in {m.source_run_id for m in models}
     assert step_history(repo, "pretrain", mlflow_server)
+
+
+def test_finetune_reads_its_data_from_a_uri(repo, tmp_path):
+    """`finetune.data` as a URI (file:// here, s3:// on a cluster without a shared file system):
+    each Train worker trains from its node's copy."""
+    bucket = tmp_path / "bucket"
+    shutil.copytree(repo / "data/embedded/defocus/train", bucket / "cuhk")
+    shutil.rmtree(repo / "data/embedded/defocus/train")  # nothing local to fall back on
+    save_checkpoint(build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+    write_params(repo, {"finetune": {"data": (bucket / "cuhk").as_uri(), "exclude": None}})
+    done = run(repo, [sys.executable, "-m", "pipeline.finetune"], stage_env())
+    assert done.returncode == 0, describe(done)
+    assert metrics(repo, "finetune")["train_samples"] == 40 * 16
 
 
 # --- 5. Ray Jobs --------------------------------------------------------------------------------

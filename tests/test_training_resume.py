@@ -12,9 +12,9 @@ import torch
 
 from btbnet import BTBNetConfig, build_model
 from btbnet.checkpoint import save_checkpoint
-from btbnet.data import InputConfig
+from btbnet.data import DataError, InputConfig
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
-from pipeline.training import RayConfig, ResumableSampler, RunStore, StageSpec, TrainConfig, load_state, make_loader, run_key, save_state
+from pipeline.training import DATA_CACHE, RayConfig, local_folder, ResumableSampler, RunStore, StageSpec, TrainConfig, load_state, make_loader, run_key, save_state
 from tests.pipeline_helpers import REPO
 
 DATA = REPO / "data/embedded/defocus/train"
@@ -85,3 +85,19 @@ def test_the_run_store_lists_and_removes_the_runs_of_one_stage(tmp_path):
     store.remove("pretrain-aaaa")
     assert store.runs("pretrain") == ["pretrain-bbbb"] and store.runs("finetune") == ["finetune-aaaa"]
     assert Path(RunStore(None).uri).name == ".ray_runs"
+
+
+def test_a_data_uri_is_copied_once_per_version_of_its_content(tmp_path):
+    source = tmp_path / "bucket" / "train"
+    shutil.copytree(DATA, source)
+    first = local_folder(source.as_uri())  # file://…: the same pyarrow path as s3://…
+    assert first.parent == DATA_CACHE and sorted(p.name for p in first.iterdir()) == ["gt", "image"]
+    assert (first / "image" / "defocus_0000.png").read_bytes() == (source / "image" / "defocus_0000.png").read_bytes()
+    assert local_folder(source.as_uri()) == first  # cached
+    (source / "gt" / "defocus_0000.png").write_bytes(b"changed")
+    assert local_folder(source.as_uri()) != first  # a new version, a new copy
+    assert local_folder(source) == source  # a path is used where it is
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no files there"):
+        local_folder(empty.as_uri())
