@@ -26,7 +26,7 @@ import btbnet
 from btbnet import BTBNetConfig
 from pipeline.params import load_params
 from pipeline.training import RayConfig, wait_for_workers
-from tests.pipeline_helpers import error_line, DVC, TINY_PARAMS, copy_repo, describe, dvc, git, run_stage, stage_env, write_params
+from tests.pipeline_helpers import DVC, TINY_PARAMS, copy_repo, describe, dvc, error_line, git, run_stage, stage_env, write_params
 
 DATA = Path("data/embedded/defocus/train")  # finetune's data (gt: 255 = blurred)
 SOURCES = Path("data/embedded/sources")
