@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -99,8 +100,6 @@ def main() -> None:
     plain = plain_step_seconds(args.steps)
     rows.append({"run": "plain loop, 1 thread", "workers": 1, "s_per_step": plain, "images_per_s": BATCH / plain})
     if args.address:
-        import os
-
         os.environ["RAY_ADDRESS"] = args.address
     local = stage.init_ray()
     for n in args.workers:

@@ -392,14 +392,15 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def run_key(spec: StageSpec) -> str:
+def run_key(spec: StageSpec, data: Path | None = None) -> str:
     """A digest of what DVC hashes for the stage: its settings (the whole spec), the content of
     its data and initial weights, and the project code loaded. A killed stage resumes its Ray
-    Train run only under the same key; a changed stage starts afresh."""
+    Train run only under the same key; a changed stage starts afresh. `data`: the data's local
+    folder when the caller has it already (`local_folder` lists a URI's files again)."""
     digest = hashlib.sha256(json.dumps(to_dict(spec), sort_keys=True, default=str).encode())
     code = sorted(Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)
                   and Path(m.__file__).is_relative_to(REPO_ROOT) and Path(m.__file__).relative_to(REPO_ROOT).parts[0] in ("btbnet", "pipeline"))  # fmt: skip
-    inputs = [f for f in sorted(local_folder(spec.data).rglob("*")) if f.is_file()] + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and Path(p).is_file()]
+    inputs = [f for f in sorted((data or local_folder(spec.data)).rglob("*")) if f.is_file()] + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and Path(p).is_file()]
     for path in code + inputs:
         digest.update(str(path).encode())
         with path.open("rb") as f:
@@ -550,7 +551,7 @@ def train_stage(spec: StageSpec) -> None:
         "data": str(spec.data),
         "init": str(spec.init_checkpoint or spec.vgg16_weights or "random"),
     }
-    key, store = run_key(spec), RunStore(spec.train.ray.storage)
+    key, store = run_key(spec, dataset.root), RunStore(spec.train.ray.storage)  # the data listed once
     resume = f"{spec.name}-{key}" in store.runs(spec.name)  # a killed run of this very stage
     with stage_run(spec.name, logged, run_key=key, resume=resume) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
-from btbnet.config import deep_merge
+from btbnet.checkpoint import save_checkpoint
+from btbnet.config import BTBNetConfig, deep_merge
+from btbnet.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_DIR = Path(sys.executable).parent
@@ -116,3 +118,13 @@ def error_line(stderr: str, stage: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith(f"{stage}: error: ")]
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
+
+
+def write_pretrained(repo: Path) -> Path:
+    """A valid tiny `models/pretrain.pt` in `repo` (what finetune starts from)."""
+    return save_checkpoint(build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+
+
+def fake_synthetic_set(repo: Path) -> None:
+    """pretrain's data without running synthesize: the embedded pairs (any masks will do)."""
+    shutil.copytree(repo / "data/embedded/defocus/train", repo / "data" / "synthetic")

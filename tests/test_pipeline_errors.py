@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import btbnet
-from btbnet import BTBNetConfig
-from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, error_line, run_stage, write_params
+from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, error_line, run_stage, write_params, write_pretrained
 
 SOURCES = Path("data/embedded/sources")
 FINETUNE_DATA = Path("data/embedded/defocus/train")
@@ -62,7 +60,7 @@ def test_synthesize_corrupt_source_image(repo):
 
 def test_finetune_image_without_mask(repo):
     # A valid pre-trained model, so that the missing mask is the only problem.
-    btbnet.save_checkpoint(btbnet.build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+    write_pretrained(repo)
     orphan = repo / FINETUNE_DATA / "image" / "defocus_0003.png"
     (repo / FINETUNE_DATA / "gt" / "defocus_0003.png").unlink()
 

@@ -23,10 +23,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import btbnet
-from btbnet import BTBNetConfig
 from pipeline.params import load_params
 from pipeline.training import RayConfig, wait_for_workers
-from tests.pipeline_helpers import DVC, TINY_PARAMS, copy_repo, describe, dvc, error_line, git, run_stage, stage_env, write_params
+from tests.pipeline_helpers import (
+    DVC, TINY_PARAMS, copy_repo, describe, dvc, error_line, fake_synthetic_set, git, run_stage, stage_env, write_params,
+    write_pretrained,
+)  # fmt: skip
 
 DATA = Path("data/embedded/defocus/train")  # finetune's data (gt: 255 = blurred)
 SOURCES = Path("data/embedded/sources")
@@ -59,15 +61,6 @@ def assert_no_outputs(repo: Path, stage: str) -> None:
     assert [rel for rel in OUTPUTS[stage] if (repo / rel).exists()] == []
 
 
-def pretrained(repo: Path) -> Path:
-    return btbnet.save_checkpoint(btbnet.build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
-
-
-def fake_synthetic_set(repo: Path) -> None:
-    """pretrain's data without running synthesize: the embedded pairs (any masks will do)."""
-    subprocess.run(["cp", "-r", str(repo / DATA), str(repo / "data" / "synthetic")], check=True)
-
-
 # --- bad training data: found in the driver, before Ray starts --------------------------------
 
 
@@ -96,7 +89,7 @@ BAD_PAIRS = {  # case: (file of the pair, how it is spoilt, expected message aft
 
 @pytest.mark.parametrize(("folder", "spoil", "message"), BAD_PAIRS.values(), ids=BAD_PAIRS.keys())
 def test_bad_training_pair_fails_in_seconds_before_ray(repo, folder, spoil, message):
-    pretrained(repo)
+    write_pretrained(repo)
     plant_old_outputs(repo, "finetune")
     bad = spoil(repo / DATA / folder / "defocus_0007.png")
     started = time.monotonic()
@@ -110,7 +103,7 @@ def test_bad_training_pair_fails_in_seconds_before_ray(repo, folder, spoil, mess
 
 
 def test_image_without_mask_and_excluded_stem_not_in_the_set(repo):
-    pretrained(repo)
+    write_pretrained(repo)
     (repo / DATA / "gt" / "defocus_0002.png").unlink()
     done = run_stage(repo, "finetune")
     assert error_line(done.stderr, "finetune").startswith(
@@ -178,7 +171,7 @@ def test_scale_above_one_is_refused(repo):
 
 def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo):
     write_params(repo, {"evaluate": {"max_size": "big", "device": "tpu"}, "baselines": {"methods": ["nope"]}})
-    pretrained(repo)
+    write_pretrained(repo)
     for stage in ("synthesize", "pretrain", "finetune"):
         module = __import__(f"pipeline.{stage}", fromlist=["configure"])
         assert module.configure(load_params(repo / "params.yaml")) is not None
@@ -254,7 +247,7 @@ def test_too_many_workers_for_the_local_instance_is_an_error_not_a_hang(repo):
 
 
 def test_a_pair_that_only_fails_to_decode_in_a_worker_is_the_same_one_line_error(repo):
-    pretrained(repo)
+    write_pretrained(repo)
     write_params(repo, {"train": {"loop": {"max_steps_per_epoch": None}}})  # every pair is read
     bad = repo / DATA / "image" / "defocus_0003.png"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header is intact

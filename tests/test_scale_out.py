@@ -22,8 +22,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from btbnet import BTBNetConfig, build_model, save_checkpoint
-from tests.pipeline_helpers import DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, git, stage_env, write_params
+from tests.pipeline_helpers import (
+    DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, fake_synthetic_set, git, stage_env, write_params, write_pretrained,
+)  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -137,10 +138,6 @@ def step_history(repo: Path, stage: str, uri: str | None = None) -> list[int]:
 def logged_steps(epochs: int, steps: int) -> list[int]:
     """The steps rank 0 logs (every 5th and each epoch's last), each exactly once."""
     return [e * steps + s for e in range(epochs) for s in range(steps) if s % 5 == 0 or s == steps - 1]
-
-
-def fake_synthetic_set(repo: Path) -> None:
-    shutil.copytree(repo / "data/embedded/defocus/train", repo / "data/synthetic")
 
 
 def start(repo: Path, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -294,7 +291,7 @@ def test_finetune_reads_its_data_from_a_uri(repo, tmp_path):
     bucket = tmp_path / "bucket"
     shutil.copytree(repo / "data/embedded/defocus/train", bucket / "cuhk")
     shutil.rmtree(repo / "data/embedded/defocus/train")  # nothing local to fall back on
-    save_checkpoint(build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+    write_pretrained(repo)
     write_params(repo, {"finetune": {"data": (bucket / "cuhk").as_uri(), "exclude": None}})
     done = run(repo, [sys.executable, "-m", "pipeline.finetune"], stage_env())
     assert done.returncode == 0, describe(done)
