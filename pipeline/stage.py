@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import psutil
+
 from btbnet.config import ConfigError
 from btbnet.data import DataError
 from btbnet.io import atomic_output, remove
@@ -88,26 +90,54 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(_received[-1])
 
 
+SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox", "fish"})
+
+
+def launchers() -> list[tuple[int, int]]:
+    """(pid, parent pid) of the processes that launched this one: the parent, and through any
+    shell wrappers (`dvc repro` runs a stage as `$SHELL -c cmd`, and dash does not exec the
+    command) the process that ran them, up to the first that is not a shell."""
+    chain, proc = [], psutil.Process().parent()
+    while proc is not None:
+        chain.append((proc.pid, proc.ppid()))
+        if proc.name() not in SHELLS:
+            break
+        proc = proc.parent()
+    return chain
+
+
 def die_with_parent() -> None:
-    """Get SIGTERM when the parent process (`dvc repro`, a shell) dies.
+    """Get SIGTERM when the process that launched the stage (`dvc repro`, a shell) dies.
 
     DVC ignores SIGINT while a stage runs but dies on SIGTERM without passing it on, so a
-    stage would go on and write its outputs behind DVC's back. Linux delivers the signal
-    itself (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent's pid.
+    stage would go on and write its outputs behind DVC's back. Linux signals the death of the
+    parent itself (prctl PR_SET_PDEATHSIG); a thread watches the rest of `launchers()`: a
+    process whose parent pid changed was orphaned, i.e. the launcher above it died.
     """
-    parent = os.getppid()
+    chain = launchers()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    else:
-        def watch() -> None:
-            while os.getppid() == parent:
-                threading.Event().wait(PARENT_POLL_S)
-            os.kill(os.getpid(), signal.SIGTERM)
 
-        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the signal was armed
+    def orphaned() -> bool:
+        if os.getppid() != chain[0][0]:
+            return True
+        for pid, ppid in chain[:-1]:  # the shells between us and the launcher
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).ppid() == ppid:
+                    continue
+            return True
+        return False
+
+    def watch() -> None:
+        while not orphaned():
+            threading.Event().wait(PARENT_POLL_S)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    if orphaned():  # a launcher died before the watch was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif len(chain) > 1 or not sys.platform.startswith("linux"):
+        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ def stage_env() -> dict[str, str]:
     """The environment of a stage subprocess: this interpreter's `python` first on PATH."""
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV and not k.startswith("DVC_")}
     env["PATH"] = f"{PYTHON_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env["SHELL"] = "/bin/sh"  # DVC runs stages with $SHELL -c: the same shell wherever the tests run
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "pipeline tests"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@example.invalid"
     return env

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import time
@@ -169,7 +170,8 @@ def test_scale_above_one_is_refused(repo):
     assert error_line(done.stderr, "pretrain") == "pretrain: error: scales: every scale must be in (0, 1], got 1.5 in [1.5]"
 
 
-def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo):
+def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo, monkeypatch):
+    monkeypatch.chdir(repo)  # DVC runs stages in the repo; params name paths relative to it
     write_params(repo, {"evaluate": {"max_size": "big", "device": "tpu"}, "baselines": {"methods": ["nope"]}})
     write_pretrained(repo)
     for stage in ("synthesize", "pretrain", "finetune"):
@@ -263,13 +265,15 @@ def test_a_pair_that_only_fails_to_decode_in_a_worker_is_the_same_one_line_error
 LONG_TRAINING = {"train": {"loop": {"epochs": 50, "max_steps_per_epoch": None}}}
 
 
-def start_dvc_repro(repo: Path, log: Path) -> subprocess.Popen:
-    """`dvc repro pretrain` in a session of its own (as a terminal runs it), once its stage trains."""
+def start_dvc_repro(repo: Path, log: Path, shell: str = "/bin/sh") -> subprocess.Popen:
+    """`dvc repro pretrain` in a session of its own (as a terminal runs it), once its stage trains.
+
+    DVC runs the stage as `$SHELL -c cmd`: bash execs the command, dash keeps itself between."""
     fake_synthetic_set(repo)
     git(repo, "add", "--all")
     git(repo, "commit", "--quiet", "-m", "long training")
     proc = subprocess.Popen(
-        [str(DVC), "repro", "--single-item", "pretrain"], cwd=repo, env=stage_env(),
+        [str(DVC), "repro", "--single-item", "pretrain"], cwd=repo, env=stage_env() | {"SHELL": shell},
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 180
@@ -293,11 +297,11 @@ def wait_gone(processes: list[psutil.Process], timeout: float) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM to dvc", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["SIGTERM to dvc under sh", "SIGTERM to dvc under bash", "Ctrl-C"])
 def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo, tmp_path, how):
     write_params(repo, LONG_TRAINING)
     log = tmp_path / "repro.log"
-    proc = start_dvc_repro(repo, log)
+    proc = start_dvc_repro(repo, log, shell=shutil.which("bash") if how.endswith("bash") else "/bin/sh")
     tree = psutil.Process(proc.pid).children(recursive=True)
     stage = next(p for p in tree if "pipeline.pretrain" in " ".join(p.cmdline()))
     if how == "Ctrl-C":
