@@ -19,6 +19,8 @@ Reading rules, shared by every caller:
 
 from __future__ import annotations
 
+import io
+
 import math
 import os
 import struct
@@ -48,10 +50,11 @@ class DataError(ValueError):
     """A bad data file or folder; the message starts with the offending path."""
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """The image at `path` as RGB, [H, W, 3] uint8 (see the module doc for mode handling)."""
+def load_rgb(path: str | Path, content: bytes | None = None) -> np.ndarray:
+    """The image at `path` as RGB, [H, W, 3] uint8 (see the module doc for mode handling).
+    `content`: the file's bytes, read elsewhere (errors still name `path`)."""
     path = Path(path)
-    with _open_decoded(path) as img:
+    with _open_decoded(path, content) as img:
         if img.mode in SIXTEEN_BIT_MODES:
             grey = _sixteen_to_eight_bit(np.asarray(img))  # [H, W]
             return np.repeat(grey[:, :, None], 3, axis=2)
@@ -321,13 +324,13 @@ class PairDataset(torch.utils.data.Dataset):
         return np.ascontiguousarray(image[y : y + c, x : x + c]), np.ascontiguousarray(mask[y : y + c, x : x + c])
 
 
-def _open_decoded(path: Path) -> Image.Image:
-    """Open and fully decode `path`; DataError naming the file when that fails."""
-    if not path.is_file():
+def _open_decoded(path: Path, content: bytes | None = None) -> Image.Image:
+    """Open and fully decode `path` (or its `content`); DataError naming the file when that fails."""
+    if content is None and not path.is_file():
         raise DataError(f"{path}: file not found")
     img = None
     try:
-        img = Image.open(path)
+        img = Image.open(path if content is None else io.BytesIO(content))
         img.load()  # force the full decode: truncated files fail here, not later
     except _DECODE_ERRORS as exc:
         if img is not None:

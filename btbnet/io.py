@@ -9,6 +9,7 @@ would take it for a finished one.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import shutil
@@ -52,6 +53,13 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 [H, W] (mode "L") or [H, W, 3] (RGB) as the bytes `save_png` writes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 def save_png(array: np.ndarray, path: str | Path, atomic: bool = True) -> Path:
     """Write uint8 [H, W] (mode "L") or [H, W, 3] (RGB) as a lossless PNG.
 
@@ -60,10 +68,10 @@ def save_png(array: np.ndarray, path: str | Path, atomic: bool = True) -> Path:
     """
     path = Path(path)
     if not atomic:
-        Image.fromarray(array).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        path.write_bytes(png_bytes(array))
         return path
     with atomic_output(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        tmp.write_bytes(png_bytes(array))
     return path
 
 

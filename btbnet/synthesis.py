@@ -25,7 +25,7 @@ import numpy as np
 
 from .data import DataError, list_images, load_rgb
 from .images import check_image, shrink_to
-from .io import save_png
+from .io import png_bytes
 
 DIRECTIONS: tuple[str, ...] = ("up", "down", "left", "right")  # the half that is blurred
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)  # applications of the 7×7, σ = 2 Gaussian
@@ -180,22 +180,29 @@ def sample_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
     return out_dir / "image" / f"{stem}.png", out_dir / "gt" / f"{stem}.png"
 
 
-def write_samples(source: Source, out_dir: str | Path, max_size: int | None = None) -> tuple[int, int]:
-    """Synthesise one source's 20 samples into `out_dir` (PNG, masks 255 = in focus).
+def encode_samples(source: Source, max_size: int | None = None, content: bytes | None = None) -> list[tuple[str, bytes]]:
+    """One source's 20 samples as PNG files (masks 255 = in focus): ("image/<stem>.png",
+    bytes) and ("gt/<stem>.png", bytes) for each, the layout `sample_paths` gives.
 
     The source is first shrunk (bicubic) so its longer side is at most `max_size` (None: kept).
-    Returns (samples written, bytes written); a bad source raises DataError naming it.
+    `content`: the source file's bytes when they were read elsewhere (a Ray node that cannot see
+    the file). A bad source raises DataError naming it.
     """
-    out_dir = Path(out_dir)
     try:
-        image = shrink_to(load_rgb(source.path), max_size)
+        image = shrink_to(load_rgb(source.path, content), max_size)
         samples = synthesize(image)
     except ValueError as exc:  # DataError is a ValueError; a too-small image is one too
         raise DataError(str(exc) if str(source.path) in str(exc) else f"{source.path}: {exc}") from None
-    written = 0
+    files = []
     for sample in samples:
-        image_path, mask_path = sample_paths(out_dir, sample_name(source.name, sample.direction, sample.level))
-        save_png(sample.image, image_path, atomic=False)
-        save_png(sample.mask, mask_path, atomic=False)
-        written += image_path.stat().st_size + mask_path.stat().st_size
-    return len(samples), written
+        image_path, mask_path = sample_paths(Path(), sample_name(source.name, sample.direction, sample.level))
+        files += [(image_path.as_posix(), png_bytes(sample.image)), (mask_path.as_posix(), png_bytes(sample.mask))]
+    return files
+
+
+def write_samples(source: Source, out_dir: str | Path, max_size: int | None = None) -> tuple[int, int]:
+    """`encode_samples` written into `out_dir`; returns (samples written, bytes written)."""
+    files = encode_samples(source, max_size)
+    for name, content in files:
+        (Path(out_dir) / name).write_bytes(content)
+    return len(files) // 2, sum(len(content) for _, content in files)

@@ -2,10 +2,11 @@
 
 Reads `synthesize`. Each clear source image gives 20 samples (4 blurred halves × 5 Gaussian
 levels, `btbnet.synthesis`), written as `<out_dir>/image/<name>_<direction>_<level>.png` and
-`<out_dir>/gt/<same>.png` (255 = in focus). Files are written by `btbnet.synthesis.write_samples`
-inside `map_batches` (one stateless task per block, as many at once as there are CPUs) and
-named from the input, so identical params give byte-identical outputs
-(DVC caches by content). The 16× rotation/flip augmentation is applied at load time by the
+`<out_dir>/gt/<same>.png` (255 = in focus). `btbnet.synthesis.encode_samples` runs inside
+`map_batches` (one stateless task per block, as many at once as there are CPUs, on any node of
+the cluster); the tasks get each source's bytes from the driver and send the PNGs back, and the
+driver writes them, named from the input: no node needs a file system shared with the driver,
+and identical params give byte-identical outputs (DVC caches by content). The 16× rotation/flip augmentation is applied at load time by the
 training stages (README, "Design notes": augmentation at load time).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from btbnet.augment import NUM_AUGMENTATIONS
 from btbnet.config import check_int, to_dict
 from btbnet.data import DataError, load_rgb
-from btbnet.synthesis import DIRECTIONS, LEVELS, Source, find_sources, sample_name, sample_paths, write_samples
+from btbnet.synthesis import DIRECTIONS, LEVELS, Source, encode_samples, find_sources, sample_name, sample_paths
 
 from . import stage
 from .figures import image_grid
@@ -60,35 +61,46 @@ def configure(params: Params) -> SynthesizeConfig:
     return params.build(SynthesizeConfig, NAME)
 
 
-def write_batch(batch: dict[str, np.ndarray], out_dir: str, max_size: int | None) -> dict[str, list[Any]]:
-    """Ray Data batch function (a stateless task): synthesise each source's 20 samples to disk."""
+def encode_batch(batch: dict[str, np.ndarray], max_size: int | None) -> dict[str, list[Any]]:
+    """Ray Data batch function (a stateless task): each source's 20 samples as files, a row per
+    file ("file": its path below the set, "data": its bytes); a bad source gives one row with
+    its error and no file."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    rows: dict[str, list[Any]] = {"name": [], "samples": [], "bytes": [], "error": [], "node": []}
-    for path, name in zip(batch["path"], batch["name"]):
-        samples, size, error = 0, 0, ""
+    rows: dict[str, list[Any]] = {"name": [], "file": [], "data": [], "error": [], "node": []}
+    for path, name, content in zip(batch["path"], batch["name"], batch["content"]):
         try:
-            samples, size = write_samples(Source(Path(path), name), out_dir, max_size)
+            files, error = encode_samples(Source(Path(path), name), max_size, bytes(content)), ""
         except DataError as exc:
-            error = str(exc)
-        for key, value in zip(rows, (name, samples, size, error, node)):
-            rows[key].append(value)
+            files, error = [("", b"")], str(exc)
+        for file, data in files:
+            for key, value in zip(rows, (name, file, data, error, node)):
+                rows[key].append(value)
     return rows
 
 
 def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list[dict[str, Any]]:
-    """Synthesise every source in parallel on Ray Data; one result row per source."""
+    """Synthesise every source in parallel on Ray Data and write the files in `staging` as they
+    stream back; one result row per source (name, samples, bytes, error, node)."""
     import ray
 
     stage.init_ray()
     blocks = min(len(sources), max(1, int(ray.available_resources().get("CPU", 1)) * s.blocks_per_cpu))
-    items = [{"path": str(src.path), "name": src.name} for src in sources]
-    return (
-        ray.data.from_items(items, override_num_blocks=blocks)
-        .map_batches(write_batch, fn_kwargs={"out_dir": str(staging), "max_size": s.max_size}, batch_size=1, num_cpus=1)
-        .take_all()
+    items = [{"path": str(src.path), "name": src.name, "content": src.path.read_bytes()} for src in sources]
+    files = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        encode_batch, fn_kwargs={"max_size": s.max_size}, batch_size=1, num_cpus=1
     )
+    rows = {src.name: {"name": src.name, "samples": 0, "bytes": 0, "error": "", "node": ""} for src in sources}
+    for batch in files.iter_batches(batch_size=None, batch_format="numpy"):
+        for name, file, data, error, node in zip(batch["name"], batch["file"], batch["data"], batch["error"], batch["node"]):
+            row = rows[str(name)]
+            row["error"], row["node"] = str(error), str(node)
+            if file:
+                (staging / str(file)).write_bytes(bytes(data))
+                row["samples"] += int(str(file).startswith("image/"))
+                row["bytes"] += len(data)
+    return list(rows.values())
 
 
 def preview(out: Path, name: str) -> np.ndarray:

@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -157,7 +157,7 @@ class StageSpec:
     metrics: Path
     train: TrainConfig
     model: BTBNetConfig  # the architecture (for finetune: the pre-trained checkpoint's)
-    init_checkpoint: Path | None = None  # start from these weights …
+    init_checkpoint: str | Path | None = None  # start from these weights (a path or URI) …
     vgg16_weights: str | None = None  # … or from ImageNet VGG16 backbones (section 3.3), or random
     exclude: tuple[str, ...] = ()  # stems of `data` held out (a validation split)
 
@@ -172,17 +172,22 @@ class StageSpec:
 DATA_CACHE = Path(tempfile.gettempdir()) / "btbnet-data"
 
 
+def is_uri(path: str | Path | None) -> bool:
+    return path is not None and "://" in str(path)
+
+
 def local_folder(data: str | Path) -> Path:
-    """A data folder on this node: a path as it is; a URI (s3://…, gs://…, file://…: any
-    pyarrow file system) copied into `DATA_CACHE` once per version of its content (the cache
+    """A data folder or file on this node: a path as it is; a URI (s3://…, gs://…, file://…:
+    any pyarrow file system) copied into `DATA_CACHE` once per version of its content (the cache
     key digests the URI and every file's path, size and modification time), so that a cluster
     without a shared file system trains from object storage. The copy appears whole or not at all."""
-    if "://" not in str(data):
+    if not is_uri(data):
         return Path(data)
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(str(data))
-    listing = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    single = fs.get_file_info(root)
+    listing = [single] if single.type == pyarrow.fs.FileType.File else fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     if not any(i.type == pyarrow.fs.FileType.File for i in listing):
         raise DataError(f"{data}: no files there")
     key = hashlib.sha256(str(data).encode())
@@ -191,8 +196,43 @@ def local_folder(data: str | Path) -> Path:
     target = DATA_CACHE / key.hexdigest()[:16]
     if not target.is_dir():
         with atomic_output(target) as tmp:
-            pyarrow.fs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
-    return target
+            if single.type == pyarrow.fs.FileType.File:
+                tmp.mkdir()
+            pyarrow.fs.copy_files(root, str(tmp / single.base_name if single.type == pyarrow.fs.FileType.File else tmp),
+                                  source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())  # fmt: skip
+    return target / single.base_name if single.type == pyarrow.fs.FileType.File else target
+
+
+def hash_files(digest: Any, files: list[Path], root: Path | None = None) -> None:
+    """Feed each file's path (below `root`, if given) and content into `digest`."""
+    for path in files:
+        digest.update(str(path.relative_to(root) if root else path).encode())
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+
+
+def files_below(path: Path) -> list[Path]:
+    return [path] if path.is_file() else [f for f in sorted(path.rglob("*")) if f.is_file()]
+
+
+def ship_inputs(spec: StageSpec, data: Path, store: RunStore) -> StageSpec:
+    """The spec the workers get. When `ray.storage` is a URI (a cluster whose nodes share no
+    file system with the driver, README "Scale-out"), the driver's local inputs (the data
+    folder, the initial checkpoint, VGG16 weights given as a file) are uploaded to
+    `<storage>/inputs/<content digest>/` once per content, and the workers read them from
+    there (`local_folder`); otherwise the spec is returned as it is."""
+    if not is_uri(store.uri):
+        return spec
+
+    def ship(path: str | Path | None) -> str | Path | None:
+        if path is None or is_uri(path) or not Path(path).exists():
+            return path  # a URI, or a name such as "imagenet" that every node resolves itself
+        local = Path(path)
+        digest = hashlib.sha256()
+        hash_files(digest, files_below(local), local if local.is_dir() else local.parent)
+        return store.upload(local, f"inputs/{digest.hexdigest()[:16]}")
+
+    return replace(spec, data=ship(spec.data if is_uri(spec.data) else data), init_checkpoint=ship(spec.init_checkpoint), vgg16_weights=ship(spec.vgg16_weights))
 
 
 class ResumableSampler(DistributedSampler):
@@ -303,9 +343,12 @@ def fit_worker(config: dict[str, Any], attempts: Any) -> None:
     np.random.seed(t.loop.seed + rank)
 
     if spec.init_checkpoint:
-        model = load_checkpoint(spec.init_checkpoint).train()
+        model = load_checkpoint(local_folder(spec.init_checkpoint)).train()
     else:
-        model = build_model(spec.model, vgg16_weights=spec.vgg16_weights)
+        weights = spec.vgg16_weights  # "imagenet", a path, an http(s) URL, or shipped (`ship_inputs`)
+        if is_uri(weights) and not weights.startswith(("http://", "https://")):
+            weights = str(local_folder(weights))
+        model = build_model(spec.model, vgg16_weights=weights)
     optimizer = make_optimizer(model, t.optim)
     dataset = spec.dataset()
     loader = make_loader(dataset, t, rank, world)
@@ -400,11 +443,8 @@ def run_key(spec: StageSpec, data: Path | None = None) -> str:
     digest = hashlib.sha256(json.dumps(to_dict(spec), sort_keys=True, default=str).encode())
     code = sorted(Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)
                   and Path(m.__file__).is_relative_to(REPO_ROOT) and Path(m.__file__).relative_to(REPO_ROOT).parts[0] in ("btbnet", "pipeline"))  # fmt: skip
-    inputs = [f for f in sorted((data or local_folder(spec.data)).rglob("*")) if f.is_file()] + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and Path(p).is_file()]
-    for path in code + inputs:
-        digest.update(str(path).encode())
-        with path.open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
+    inputs = files_below(data or local_folder(spec.data)) + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and not is_uri(p) and Path(p).is_file()]
+    hash_files(digest, code + inputs)
     return digest.hexdigest()[:16]
 
 
@@ -428,6 +468,20 @@ class RunStore:
 
     def remove(self, name: str) -> None:
         self.fs.delete_dir(f"{self.root}/{name}")
+
+    def upload(self, local: Path, folder: str) -> str:
+        """`local` (a file or folder) copied to `<storage>/<folder>/` unless a complete copy is
+        there already (its `.complete` marker is written last); the copy's URI."""
+        import pyarrow.fs
+
+        target, marker = f"{self.root}/{folder}", f"{self.root}/{folder}/.complete"
+        if self.fs.get_file_info(marker).type != pyarrow.fs.FileType.File:
+            self.fs.create_dir(target)
+            destination = f"{target}/{local.name}" if local.is_file() else target
+            pyarrow.fs.copy_files(str(local), destination, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=self.fs)
+            with self.fs.open_output_stream(marker) as f:
+                f.write(b"")
+        return f"{self.uri.rstrip('/')}/{folder}" + (f"/{local.name}" if local.is_file() else "")
 
 
 def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local: bool, store: RunStore, key: str) -> dict[str, Any]:
@@ -557,7 +611,8 @@ def train_stage(spec: StageSpec) -> None:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
         local = stage.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
         with stage.staged(spec.out) as tmp:
-            metrics = run_training(spec, (tracking_uri(), run.info.run_id), tmp, local, store, key)
+            shipped = ship_inputs(spec, dataset.root, store)
+            metrics = run_training(shipped, (tracking_uri(), run.info.run_id), tmp, local, store, key)
         mlflow.set_tag("ray.node_ids", ",".join(metrics.pop("node_ids")))  # not in the metrics file: new every cluster start
         metrics["train_samples"] = len(dataset)
         mlflow.log_metrics({k: metrics[k] for k in ("worker_restarts", "ray_nodes", "steps_redone")})

@@ -136,19 +136,17 @@ def test_every_node_type_installs_python_311_torch_and_the_project(prepared: dic
         assert command.index("torch==2.13.0") < command.index("pip install -e"), "torch first: the pinned build"
 
 
-def test_repo_is_at_the_same_path_on_every_node(cluster: dict[str, Any], prepared: dict[str, Any]) -> None:
+def test_no_node_shares_a_file_system_and_workers_reach_s3(cluster: dict[str, Any], prepared: dict[str, Any]) -> None:
+    """The repo is copied to every node (for its install); nothing is exported or mounted: the
+    workers get code by runtime env and data through `train.ray.storage` (S3, their profile)."""
     assert cluster["file_mounts"][REPO_ON_NODES] == "."
-    every_command = "\n".join(
-        head_commands(prepared) + worker_commands(prepared) + cluster["head_start_ray_commands"]
-    )
-    repo_paths = set(re.findall(r"/home/ubuntu/[\w.-]+", every_command))
-    assert repo_paths == {REPO_ON_NODES}
-    # The head exports the repo over NFS, every worker mounts it at that same path.
-    export = next(c for c in head_commands(prepared) if "/etc/exports.d/" in c)
-    assert f"'{REPO_ON_NODES} " in export and "exportfs -ra" in export
-    mount = next(c for c in worker_commands(prepared) if "mount -t nfs4" in c)
-    assert mount.split()[-2:] == [f"$RAY_HEAD_IP:{REPO_ON_NODES}", REPO_ON_NODES]
-    assert f"mountpoint -q {REPO_ON_NODES} ||" in mount  # rerunning setup does not stack mounts
+    every_command = "\n".join(head_commands(prepared) + worker_commands(prepared) + cluster["head_start_ray_commands"])
+    assert set(re.findall(r"/home/ubuntu/[\w.-]+", every_command)) == {REPO_ON_NODES}
+    for word in ("nfs", "exportfs", "mount "):
+        assert word not in every_command.lower(), word
+    worker = cluster["available_node_types"]["gpu_worker"]["node_config"]
+    assert worker["IamInstanceProfile"] == {"Name": "ray-autoscaler-v1"}  # the head's: EC2 and S3 access
+    assert "-S train.ray.storage=s3://" in CLUSTER_FILE.read_text()  # the run command its header gives
 
 
 def test_data_and_run_state_are_not_pushed_by_ray_up(cluster: dict[str, Any], paper: dict[str, Any]) -> None:

@@ -154,13 +154,20 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen, count: int = 1, timeo
 # --- 1. two nodes --------------------------------------------------------------------------
 
 
-def test_synthesize_and_pretrain_run_on_both_nodes(cluster, repo):
-    write_params(repo, SPREAD)
+def test_synthesize_and_pretrain_run_on_both_nodes(cluster, repo, tmp_path):
+    """As on a cluster without a shared file system: synthesis streams its files back to the
+    driver, and with `ray.storage` an object-store URI (file:// here) the Train workers read
+    the data that the driver uploaded there."""
+    bucket = tmp_path / "bucket"
+    write_params(repo, SPREAD | {"train": {"ray": SPREAD["train"]["ray"] | {"storage": bucket.as_uri()}}})
     for stage in ("synthesize", "pretrain"):
         done = run(repo, [sys.executable, "-m", f"pipeline.{stage}"], cluster.env())
         assert done.returncode == 0, describe(done)
         assert metrics(repo, stage)["ray_nodes"] == 2, stage
     assert metrics(repo, "pretrain")["worker_restarts"] == 0
+    [shipped] = (bucket / "inputs").iterdir()
+    assert sorted(p.name for p in (shipped / "image").iterdir()) == sorted(p.name for p in (repo / "data/synthetic/image").iterdir())
+    assert [p.name for p in bucket.iterdir()] == ["inputs"]  # the run folder is gone once the model is out
 
 
 # --- 2. lost workers and nodes ---------------------------------------------------------------

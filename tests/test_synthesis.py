@@ -196,3 +196,23 @@ def test_write_samples_writes_twenty_pairs_that_read_back(tmp_path):
     image, mask = data.arrays(data.stems.index("s_up_3"))
     assert image.shape == (6, 10, 3)  # shrunk to max_size 10 on the longer side
     assert (mask[:3] == 0).all() and (mask[3:] == 255).all()  # the upper half is blurred
+
+
+def test_encoded_samples_are_the_written_files_and_need_only_the_sources_bytes(tmp_path):
+    """What a Ray node that cannot see the source file does: decode the bytes it was sent and
+    return the files; the driver writes exactly these bytes (pipeline/synthesize.py)."""
+    from PIL import Image
+
+    from btbnet.data import DataError
+    from btbnet.synthesis import Source, encode_samples, write_samples
+
+    Image.fromarray(noise_image(12, 20)).save(tmp_path / "src.png")
+    content = (tmp_path / "src.png").read_bytes()
+    for sub in ("image", "gt"):
+        (tmp_path / "out" / sub).mkdir(parents=True)
+    write_samples(Source(tmp_path / "src.png", "s"), tmp_path / "out", max_size=10)
+    elsewhere = Source(tmp_path / "not-on-this-node.png", "s")  # no such file here
+    files = dict(encode_samples(elsewhere, max_size=10, content=content))
+    assert files == {str(f.relative_to(tmp_path / "out")): f.read_bytes() for f in (tmp_path / "out").rglob("*.png")}
+    with pytest.raises(DataError, match=r"not-on-this-node\.png: cannot read image"):
+        encode_samples(elsewhere, content=b"not an image")

@@ -14,7 +14,9 @@ from btbnet import BTBNetConfig, build_model
 from btbnet.checkpoint import save_checkpoint
 from btbnet.data import DataError, InputConfig
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
-from pipeline.training import DATA_CACHE, RayConfig, local_folder, ResumableSampler, RunStore, StageSpec, TrainConfig, load_state, make_loader, run_key, save_state
+from pipeline.training import (
+    DATA_CACHE, RayConfig, ResumableSampler, RunStore, StageSpec, TrainConfig, load_state, local_folder, make_loader, run_key, save_state, ship_inputs,
+)  # fmt: skip
 from tests.pipeline_helpers import REPO
 
 DATA = REPO / "data/embedded/defocus/train"
@@ -101,3 +103,29 @@ def test_a_data_uri_is_copied_once_per_version_of_its_content(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match="no files there"):
         local_folder(empty.as_uri())
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_storage_uri_ships_every_local_input_to_the_workers(spec, tmp_path):
+    """With `ray.storage` a URI, the workers get URIs only (no path of the driver's disk), with
+    the same content; a second stage run with the same inputs uploads nothing again."""
+    init = tmp_path / "init.pt"
+    save_checkpoint(build_model(spec.model), init)
+    spec = dataclasses.replace(spec, init_checkpoint=init, vgg16_weights="imagenet")
+    store = RunStore((tmp_path / "bucket").as_uri())
+    shipped = ship_inputs(spec, spec.data, store)
+    assert str(shipped.data).startswith(store.uri + "/inputs/") and str(shipped.init_checkpoint).startswith(store.uri + "/inputs/")
+    assert shipped.vgg16_weights == "imagenet"  # a name each node resolves for itself
+    assert tree(local_folder(shipped.data)) | {".complete": b""} == tree(spec.data) | {".complete": b""}
+    assert local_folder(shipped.init_checkpoint).read_bytes() == init.read_bytes()
+    assert local_folder(shipped.init_checkpoint).name == "init.pt"
+    uploaded = {f: f.stat().st_mtime_ns for f in (tmp_path / "bucket").rglob("*") if f.is_file()}
+    assert ship_inputs(spec, spec.data, store) == shipped
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "bucket").rglob("*") if f.is_file()} == uploaded  # not again
+    image = next((spec.data / "image").iterdir())
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert ship_inputs(spec, spec.data, store).data != shipped.data  # new content, new copy
+    assert ship_inputs(spec, spec.data, RunStore(str(tmp_path / "runs"))) == spec  # a path storage: a shared file system
