@@ -6,14 +6,22 @@ the paper binarises at every integer threshold for its PR curves (section 4.2).
 
 Memory grows with the pixels the model sees, so an image it would see at more than
 `max_pixels` (default MAX_PIXELS, counted after any `max_size` downscale) is refused with
-`OverBudget` before anything is allocated.
+`OverBudget` before anything is allocated. Images the model sees at the same size can go
+through it together (`predict_maps`, `predict_paths(batch_size=N)`); the budget then counts
+the whole batch, N images × their pixels, and gives the same maps as one image at a time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO, TypeVar
 
 import numpy as np
 import torch
@@ -23,18 +31,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from .checkpoint import unwrap
-from .data import list_images, load_rgb, to_tensor
+from .data import DataError, list_images, load_rgb, to_tensor
 from .images import check_image, fit_within
 from .io import save_png
 from .model import eval_mode
+from .overlay import BLUR_STRENGTH, BLUR_TINT, overlay  # noqa: F401 (BLUR_*: part of this module's API)
 
-# Third panel of `overlay`: blurred pixels are blended towards this colour, by this much.
-BLUR_TINT = np.array([20, 50, 150], dtype=np.float32)  # dark blue
-BLUR_STRENGTH = 0.65  # 0 keeps the image, 1 paints fully blurred pixels in BLUR_TINT
 # Default pixel budget: the most pixels the model may see per image, counted after any max_size
 # downscale. Memory grows with them: btbnet-cpu peaks at ~0.35 GB per megapixel it sees
 # (bench/bench_predict_memory.py), so 4 MP is ~1.7 GB; an 8000×6000 photo at native size, ~17 GB.
 MAX_PIXELS = 4_000_000
+# Threads that decode images and encode PNGs while the model runs (PIL and zlib release the GIL).
+IO_THREADS = 2
+# torch's intra-op thread count when this module was imported: `use_all_cores` leaves torch
+# alone once anyone in the process has changed it.
+_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+T = TypeVar("T")
 
 
 class OverBudget(ValueError):
@@ -54,22 +67,25 @@ class OverBudget(ValueError):
 
 
 def check_budget(
-    size: tuple[int, int], max_size: int | None, max_pixels: int | None, what: str = "image"
+    size: tuple[int, int], max_size: int | None, max_pixels: int | None, what: str = "image", count: int = 1
 ) -> tuple[int, int]:
     """The (h, w) the model sees for an image of `size` = (H, W) under `max_size` (see
-    `fit_within`); `OverBudget` naming `what` if that is more than `max_pixels` (None: no limit)."""
+    `fit_within`); `OverBudget` naming `what` if `count` such images (a batch) are more than
+    `max_pixels` pixels for it (None: no limit)."""
     for name, value in (("max_size", max_size), ("max_pixels", max_pixels)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}: must be a positive integer or None, got {value!r}")
     seen = fit_within(size, max_size)
-    pixels = seen[0] * seen[1]
+    pixels = count * seen[0] * seen[1]
     if max_pixels is None or pixels <= max_pixels:
         return seen
-    fit = max(1, math.isqrt(max_pixels * max(size) // min(size)))  # long side of a max_pixels area
-    while fit > 1 and math.prod(fit_within(size, fit)) > max_pixels:
+    share = max(1, max_pixels // count)  # the budget of one image of the batch
+    fit = max(1, math.isqrt(share * max(size) // min(size)))  # long side of a `share` area
+    while fit > 1 and math.prod(fit_within(size, fit)) > share:
         fit -= 1
     scaled = f" ({seen[1]}×{seen[0]} at max_size {max_size})" if seen != tuple(size) else ""
-    problem = f"{what}: {size[1]}×{size[0]} px{scaled} is {pixels:,} pixels for the model"
+    images = f"{count} × " if count > 1 else ""
+    problem = f"{what}: {images}{size[1]}×{size[0]} px{scaled} is {pixels:,} pixels for the model"
     raise OverBudget(f"{problem}, over the budget of {max_pixels:,}", fit, pixels)
 
 
@@ -94,15 +110,42 @@ def predict_map(
     The model runs in eval mode without gradients; its training mode is restored afterwards.
     Outside the model (its input and activations), one full-resolution float channel at a time.
     """
-    check_image(image)
-    size = image.shape[:2]
-    inference_size = check_budget(size, max_size, max_pixels)
+    return predict_maps(model, [image], max_size=max_size, device=device, max_pixels=max_pixels)[0]
+
+
+def predict_maps(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    max_size: int | None = None,
+    device: str | torch.device = "cpu",
+    max_pixels: int | None = MAX_PIXELS,
+) -> list[np.ndarray]:
+    """Focus maps of images the model sees at the same size, in one forward pass (a batch).
+
+    As `predict_map` for each image (the same maps, to float rounding), with `max_pixels`
+    counting the batch: len(images) × the pixels the model sees of one. The images may differ
+    in size as long as `max_size` brings them to the same (h, w); else ValueError.
+    """
+    if not images:
+        return []
+    for image in images:
+        check_image(image)
+    sizes = [image.shape[:2] for image in images]
+    what = "image" if len(images) == 1 else f"batch of {len(images)} images"
+    inference_size = check_budget(sizes[0], max_size, max_pixels, what=what, count=len(images))
+    if any(fit_within(size, max_size) != inference_size for size in sizes):
+        raise ValueError(f"images: the model would see them at different sizes ({sorted(set(sizes))} at max_size {max_size})")
     with eval_mode(model.to(device)), torch.inference_mode():
-        logits = model(model_input(image, inference_size, device)).final  # [1, 1, h, w]; streams dropped
-        prob = logits.sigmoid_()
-        if inference_size != size:
-            prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
-        return prob_to_uint8(prob[0, 0])
+        batch = torch.cat([model_input(image, inference_size, device) for image in images])
+        probs = model(batch).final.sigmoid_()  # [B, 1, h, w]; streams dropped
+        return [full_size_map(prob[None], size) for prob, size in zip(probs, sizes)]
+
+
+def full_size_map(prob: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Probabilities [1, 1, h, w] → the uint8 map [H, W] of `size` (bilinear if h×w differs)."""
+    if tuple(prob.shape[-2:]) != tuple(size):
+        prob = F.interpolate(prob, size=size, mode="bilinear", align_corners=False)
+    return prob_to_uint8(prob[0, 0])
 
 
 def model_input(image: np.ndarray, size: tuple[int, int], device: str | torch.device) -> torch.Tensor:
@@ -126,29 +169,42 @@ def prob_to_uint8(prob: torch.Tensor) -> np.ndarray:
     return prob.mul_(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def overlay(image: np.ndarray, focus_map: np.ndarray) -> np.ndarray:
-    """Side-by-side picture for eyes: uint8 [H, 3·W, 3].
+def use_all_cores() -> int:
+    """Run torch on every CPU this process may use (`available_cpus`), unless the thread count
+    is someone else's choice: OMP_NUM_THREADS or MKL_NUM_THREADS is set (torch follows it), or
+    torch's thread count changed since this module was imported. Returns the threads in use."""
+    if not any(var in os.environ for var in THREAD_VARIABLES) and torch.get_num_threads() == _TORCH_THREADS_AT_IMPORT:
+        torch.set_num_threads(available_cpus())
+    return torch.get_num_threads()
 
-    Panels, left to right:
-      1. the image itself;
-      2. the focus map as grey (white = in focus, black = blurred);
-      3. the image with its blurred part shaded: each pixel is blended towards BLUR_TINT
-         (dark blue) by BLUR_STRENGTH × (1 − map / 255), so in-focus pixels keep their
-         colours and fully blurred ones are darkened and tinted.
 
-    image: uint8 [H, W, 3] RGB; focus_map: uint8 [H, W], 255 = in focus.
-    """
-    check_image(image)
-    if focus_map.shape != image.shape[:2] or focus_map.dtype != np.uint8:
-        raise ValueError(
-            f"focus_map: expected uint8 {list(image.shape[:2])} like the image, "
-            f"got {focus_map.dtype} {list(focus_map.shape)}"
-        )
-    grey = np.repeat(focus_map[:, :, None], 3, axis=2)  # [H, W, 3]
-    blurred = BLUR_STRENGTH * (1.0 - focus_map[:, :, None].astype(np.float32) / 255)  # [H, W, 1]
-    shaded = image.astype(np.float32) * (1 - blurred) + BLUR_TINT * blurred  # [H, W, 3]
-    shaded = np.clip(np.rint(shaded), 0, 255).astype(np.uint8)
-    return np.concatenate([image, grey, shaded], axis=1)
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and the files it gives: its map and, if asked for, its overlay."""
+
+    source: Path
+    map_path: Path
+    overlay_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished job: the image's (H, W) (None if unreadable), the seconds it took (its decode,
+    its share of the batch's forward pass, its encode), the written paths, or the `error` that
+    kept it from being written (then nothing is)."""
+
+    job: Job
+    size: tuple[int, int] | None
+    seconds: float
+    written: list[Path]
+    error: DataError | None = None
 
 
 def predict_paths(
@@ -160,48 +216,166 @@ def predict_paths(
     progress: bool = True,
     device: str | torch.device = "cpu",
     max_pixels: int | None = MAX_PIXELS,
+    batch_size: int = 1,
+    stream: TextIO | None = None,
 ) -> list[Path]:
-    """Write a focus map for every input image; returns the written paths in order.
+    """Write a focus map for every input image; returns the written paths in input order.
 
     inputs:  image files and folders (a folder contributes `btbnet.data.list_images`).
     Writes `out_dir/<stem>.png` (8-bit grey, mode "L") per image and, with `overlay`,
-    `out_dir/<stem>_overlay.png` (see `overlay`). All inputs are checked before anything
-    is written: a missing path raises FileNotFoundError, two inputs claiming the same output
-    name (same stem) raise ValueError naming both, and an image the model would see at more
-    than `max_pixels` pixels (see `predict_map`; read from its header) raises `OverBudget`
-    naming it. Each PNG is written to a temporary file
-    and renamed into place, so `out_dir` never holds a partial file; an unreadable image
-    raises `btbnet.data.DataError` naming it (maps written before it stay).
-    A tqdm bar on stderr shows progress when `progress` and there are several images.
+    `out_dir/<stem>_overlay.png` (see `btbnet.overlay.overlay`). All inputs are checked before
+    anything is written (`plan_jobs`). Each PNG is written to a temporary file and renamed into
+    place, so `out_dir` never holds a partial file; an unreadable image raises
+    `btbnet.data.DataError` naming it (maps written before it stay).
+    batch_size: up to this many images the model sees at the same size go through it together
+             (`predict_jobs`); the maps are those of batch size 1.
+    progress: report on `stream` (default stderr): on a terminal a tqdm bar (several images);
+             elsewhere (logs, CI, pipes) a line per file as it is written,
+             `photo.jpg -> maps/photo.png (640×480, 0.42 s)`.
     """
-    jobs = plan_outputs(expand_inputs(inputs), Path(out_dir), overlay)
-    for source, _, _ in jobs:
-        if (size := header_size(source)) is not None:
-            check_budget(size, max_size, max_pixels, what=str(source))
-    written: list[Path] = []
-    for source, map_path, overlay_path in tqdm(
-        jobs, desc="btbnet predict", unit="image", disable=not progress or len(jobs) < 2
-    ):
-        written += predict_file(model, source, map_path, overlay_path, max_size, device, max_pixels)
-    return written
+    jobs = plan_jobs(inputs, out_dir, overlay, max_size, max_pixels)
+    written: dict[Path, list[Path]] = {}
+    with Progress(len(jobs), progress, stream) as report:
+        for done in predict_jobs(model, jobs, max_size, device, max_pixels, batch_size):
+            if done.error is not None:
+                raise done.error
+            written[done.job.source] = done.written
+            report.done(done)
+    return [path for job in jobs for path in written[job.source]]
 
 
-def predict_file(
+def plan_jobs(
+    inputs: Sequence[str | Path], out_dir: str | Path, overlay: bool, max_size: int | None, max_pixels: int | None
+) -> list[Job]:
+    """The jobs of `inputs`, all checked before any work: a missing path raises
+    FileNotFoundError, two inputs claiming the same output name (same stem) raise ValueError
+    naming both, and an image the model would see at more than `max_pixels` pixels (see
+    `predict_map`; read from its header) raises `OverBudget` naming it."""
+    jobs = [Job(*job) for job in plan_outputs(expand_inputs(inputs), Path(out_dir), overlay)]
+    for job in jobs:
+        if (size := header_size(job.source)) is not None:
+            check_budget(size, max_size, max_pixels, what=str(job.source))
+    return jobs
+
+
+def predict_jobs(
     model: nn.Module,
-    source: Path,
-    map_path: Path,
-    overlay_path: Path | None,
-    max_size: int | None,
-    device: str | torch.device,
-    max_pixels: int | None,
-) -> list[Path]:
-    """Read `source`, write its map (and overlay, if a path is given); the written paths."""
-    image = load_rgb(source)
-    focus_map = predict_map(unwrap(model), image, max_size=max_size, device=device, max_pixels=max_pixels)
-    written = [save_png(focus_map, map_path)]
-    if overlay_path is not None:
-        written.append(save_png(overlay(image, focus_map), overlay_path))
+    jobs: Sequence[Job],
+    max_size: int | None = None,
+    device: str | torch.device = "cpu",
+    max_pixels: int | None = MAX_PIXELS,
+    batch_size: int = 1,
+) -> Iterator[Done]:
+    """Run `jobs`, a `Done` per job as its files are written (in batch order, see `plan_batches`).
+
+    Images the model sees at the same size (read from their headers) are batched, at most
+    `batch_size` of them and at most `max_pixels` pixels per batch. While the model runs on
+    one batch, IO_THREADS threads decode the next one and encode the previous one's PNGs. An
+    unreadable image is a `Done` with its `error` (the rest go on); the caller decides.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    model = unwrap(model)
+    batches = plan_batches([header_size(job.source) for job in jobs], max_size, max_pixels, batch_size)
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="btbnet-io") as pool:
+        def load(batch: list[int]) -> list[Future]:
+            return [pool.submit(timed, load_rgb, jobs[i].source) for i in batch]
+
+        loading, writing = load(batches[0]) if batches else [], []
+        for k, batch in enumerate(batches):
+            loaded = [future.result() for future in loading]  # (image or DataError, seconds)
+            loading = load(batches[k + 1]) if k + 1 < len(batches) else []
+            good = [(jobs[i], image, s) for i, (image, s) in zip(batch, loaded) if not isinstance(image, DataError)]
+            for i, (error, s) in zip(batch, loaded):
+                if isinstance(error, DataError):
+                    yield Done(jobs[i], None, s, [], error)
+            start = time.perf_counter()
+            maps = predict_maps(model, [image for _, image, _ in good], max_size, device, max_pixels)
+            share = (time.perf_counter() - start) / max(1, len(good))
+            yield from finish(writing)
+            writing = [(job, image.shape[:2], s + share, pool.submit(timed, write_outputs, job, image, focus_map))
+                       for (job, image, s), focus_map in zip(good, maps)]  # fmt: skip
+        yield from finish(writing)
+
+
+def plan_batches(
+    sizes: Sequence[tuple[int, int] | None], max_size: int | None, max_pixels: int | None, batch_size: int
+) -> list[list[int]]:
+    """Indices of `sizes` (image (H, W), None if unknown) grouped into batches: the same size
+    for the model, at most `batch_size` images and `max_pixels` pixels each (an unknown size is
+    a batch of its own); ordered by their first image."""
+    groups: dict[object, list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(fit_within(size, max_size) if size is not None else i, []).append(i)
+    batches = []
+    for key, members in groups.items():
+        cap = batch_size
+        if isinstance(key, tuple) and max_pixels is not None:
+            cap = max(1, min(batch_size, max_pixels // math.prod(key)))
+        batches += [members[j : j + cap] for j in range(0, len(members), cap)]
+    return sorted(batches, key=lambda batch: batch[0])
+
+
+def timed(fn: Callable[..., T], *args: object) -> tuple[T | DataError, float]:
+    """(fn(*args), seconds); a DataError is returned in place of the result, not raised."""
+    start = time.perf_counter()
+    try:
+        result = fn(*args)
+    except DataError as exc:
+        result = exc
+    return result, time.perf_counter() - start
+
+
+def finish(writing: list[tuple[Job, tuple[int, int], float, Future]]) -> Iterator[Done]:
+    """A `Done` per write in flight, in order, once it has finished (its errors raised)."""
+    for job, size, seconds, future in writing:
+        written, encode_s = future.result()
+        yield Done(job, size, seconds + encode_s, written)
+
+
+def write_outputs(job: Job, image: np.ndarray, focus_map: np.ndarray) -> list[Path]:
+    """Write the map of `job` (and its overlay, if it has a path); the written paths."""
+    written = [save_png(focus_map, job.map_path)]
+    if job.overlay_path is not None:
+        written.append(save_png(overlay(image, focus_map), job.overlay_path))
     return written
+
+
+class Progress:
+    """How `predict_paths` reports finished files on `stream` (default stderr): a tqdm bar when
+    it is a terminal (for several files), else one line per file (no carriage-return frames in
+    logs); nothing when not `enabled`."""
+
+    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None):
+        self.stream = stream if stream is not None else sys.stderr
+        terminal = is_terminal(self.stream)
+        self.lines = enabled and not terminal
+        self.bar = tqdm(total=total, desc="btbnet predict", unit="image", file=self.stream,
+                        disable=not (enabled and terminal) or total < 2)  # fmt: skip
+
+    def done(self, done: Done) -> None:
+        if self.lines:
+            print(describe_done(done), file=self.stream, flush=True)
+        self.bar.update(1)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def describe_done(done: Done) -> str:
+    """`photo.jpg -> maps/photo.png (640×480, 0.42 s)`: a finished file for a log."""
+    size = f"{done.size[1]}×{done.size[0]}, " if done.size else ""
+    return f"{done.job.source} -> {', '.join(map(str, done.written))} ({size}{done.seconds:.2f} s)"
 
 
 def header_size(path: Path) -> tuple[int, int] | None:

@@ -1,6 +1,7 @@
 """Command line: `btbnet predict`, `btbnet summary`, errors, and both entry points."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
 from btbnet.cli import main
 from btbnet.data import load_rgb
+from btbnet.overlay import layout
 from btbnet.predict import predict_map
 from btbnet.summary import count_parameters
 
@@ -63,12 +65,32 @@ def test_predict_folder_with_overlay_and_max_size(checkpoint, images, tmp_path):
     for name, (h, w) in images.items():
         stem = Path(name).stem
         with Image.open(out / f"{stem}_overlay.png") as img:
-            assert img.mode == "RGB" and img.size == (3 * w, h)
+            grid = layout((h, w))
+            assert img.mode == "RGB" and img.size == (grid.size[1], grid.size[0]) and min(grid.tile) == 256
         with Image.open(out / f"{stem}.png") as img:
             assert img.size == (w, h)
             expected = predict_map(model, load_rgb(tmp_path / "in" / name), max_size=10)
             np.testing.assert_array_equal(np.asarray(img), expected)
     assert len(list(out.iterdir())) == 6
+
+
+def test_batch_size_writes_the_maps_of_batch_size_1(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(5):  # all seen at 12×16 with --max-size 16
+        Image.fromarray(rng.integers(0, 256, (12 + 3 * (i % 2), 16 + 4 * (i % 2), 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    common = ["predict", str(folder), "--model", str(checkpoint), "--max-size", "16"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "four"), "--batch-size", "4"]) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(rf"wrote 5 file\(s\) to {re.escape(str(tmp_path / 'four'))} \(5 images in [\d.]+ s, [\d.]+ images/s\)", summary)
+    for i in range(5):
+        one = np.asarray(Image.open(tmp_path / "one" / f"{i}.png")).astype(int)
+        four = np.asarray(Image.open(tmp_path / "four" / f"{i}.png")).astype(int)
+        assert np.abs(one - four).max() <= 1  # to float rounding: identical here
+    assert main([*common, "--out", str(tmp_path / "x"), "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
 
 
 def test_corrupt_image_exits_2_naming_it_and_writes_nothing(checkpoint, tmp_path, capsys):
