@@ -6,8 +6,7 @@
 # Written for an offline GPU machine (an NVIDIA H200): no internet, so
 # nothing is installed. Its python3 already holds torch (a CUDA build; 2.11 when last seen, not
 # the project's pin 2.13.0), numpy, pillow and tqdm, which is all btbnet needs; the project is
-# put on PYTHONPATH instead of `pip install -e .` (pyproject also asks for Python 3.11, the
-# machine has 3.12). Set PYTHON=... to use another interpreter.
+# put on PYTHONPATH instead of `pip install -e .`. Set PYTHON=... to use another interpreter.
 #
 # Steps (each writes $OUT/<step>.md, .json where it has figures, and .log):
 #   env          versions, GPU, TF32 flags; stops here if torch, CUDA or btbnet is missing

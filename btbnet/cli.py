@@ -1,7 +1,9 @@
-"""Command line: `btbnet predict …` and `btbnet summary …` (also `python -m btbnet`).
+"""Command line: `btbnet predict …`, `btbnet export …` and `btbnet summary …` (also `python -m btbnet`).
 
     btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--max-pixels M] [--batch-size N] [--device cpu|cuda]
+    btbnet export --format onnx|torchscript [--model NAME_OR_CKPT] [--out PATH]
     btbnet summary [--variant paper|fast] [--width W] [--scales 1 0.8 0.6] [--rrnet-steps N] [--size S]
+    btbnet --version
 
 Errors in the user's input (a missing or unreadable file, a bad setting or checkpoint) print
 one line, `btbnet: error: <message>`, on stderr and exit with status 2, as argparse does.
@@ -10,25 +12,27 @@ one line, `btbnet: error: <message>`, on stderr and exit with status 2, as argpa
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, read_checkpoint
+from . import __version__
 from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
+from .export import DEFAULT_OUT, FORMATS, MissingPackage, export_model, require
 from .predict import MAX_PIXELS, OverBudget, predict_paths, use_all_cores
-from .pretrained import DEFAULT, MODELS, is_name, released, weights_path
+from .pretrained import DEFAULT, MODELS, load_model
 from .summary import summarize
 
 PROG = "btbnet"
 EXIT_USAGE = 2
-# What a user's mistake raises; anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, DataError, ConfigError, ValueError, OSError)
+# What a user's mistake raises (or a missing optional package); anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (FileNotFoundError, DataError, ConfigError, ValueError, OSError, MissingPackage)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Defocus blur detection with the multi-stream BTBNet (Zhao et al., CVPR 2018)."
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     predict = commands.add_parser(
@@ -57,10 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write OUT/<stem>.png, an 8-bit grey focus map (255 = in focus), for every image.",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
-    predict.add_argument(
-        "--model", default=DEFAULT, metavar="NAME_OR_CKPT",
-        help=f"a released model ({', '.join(sorted(MODELS))}; default {DEFAULT}) or a checkpoint written by btbnet training",
-    )  # fmt: skip
+    add_model_argument(predict)
     predict.add_argument("--out", default="maps", metavar="DIR", help="output folder, created if missing (default: maps)")
     predict.add_argument(
         "--overlay", action="store_true", help="also write OUT/<stem>_overlay.png: image | focus map | blur-tinted image, with headers and a legend"
@@ -82,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
     predict.set_defaults(run=run_predict)
 
+    export = commands.add_parser(
+        "export",
+        help="write the model as an ONNX or TorchScript file for any batch and image size",
+        description="Write the model as one file taking RGB [N, 3, H, W] in [0, 1] (any N, H, W) to the "
+        "in-focus probability [N, 1, H, W], then run that file at two sizes against PyTorch and print "
+        "the max abs difference.",
+    )
+    export.add_argument("--format", choices=FORMATS, required=True, help="file format")
+    add_model_argument(export)
+    export.add_argument(
+        "--out", metavar="PATH",
+        help=f"output file (default: {' or '.join(f'{v} for {k}' for k, v in DEFAULT_OUT.items())})",
+    )  # fmt: skip
+    export.set_defaults(run=run_export)
+
     summary = commands.add_parser(
         "summary",
         help="print the parameter count and GMACs of a model configuration as one JSON line",
@@ -97,16 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """--model NAME_OR_CKPT, as `load_model` takes it."""
+    parser.add_argument(
+        "--model", default=DEFAULT, metavar="NAME_OR_CKPT",
+        help=f"a released model ({', '.join(sorted(MODELS))}; default {DEFAULT}) or a checkpoint written by btbnet training",
+    )  # fmt: skip
+
+
 def run_predict(args: argparse.Namespace) -> int:
     # predict_paths checks every input and output name before it writes the first file.
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
-    if is_name(args.model):
-        path, trained_at = weights_path(args.model), released(args.model).max_size
-    else:
-        path = Path(args.model)
-        trained_at = read_checkpoint(path)["extra"].get("max_size")
-    model = load_checkpoint(path, map_location=args.device)
+    model, trained_at = load_model(args.model, map_location=args.device)
     max_size = args.max_size or trained_at
     use_all_cores()  # unless OMP_NUM_THREADS says otherwise
     start = time.perf_counter()
@@ -122,12 +142,27 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    require(args.format)  # before loading the model
+    model, _ = load_model(args.model)
+    print(export_model(model, args.out or DEFAULT_OUT[args.format], args.format).line())
+    return 0
+
+
 def run_summary(args: argparse.Namespace) -> int:
     config = BTBNetConfig(
         variant=args.variant, width=args.width, scales=tuple(args.scales), rrnet_steps=args.rrnet_steps
     )
     print(json.dumps(summarize(config, args.size)))
     return 0
+
+
+def version() -> str:
+    """The installed distribution's version, or the package's own where btbnet is not installed."""
+    try:
+        return importlib.metadata.version(PROG)
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 def positive_int(text: str) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint
 from .model import MultiStreamBTBNet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -70,4 +70,19 @@ def load_pretrained(name: str = DEFAULT, map_location: str | torch.device = "cpu
 def is_name(text: str) -> bool:
     """Whether a `--model` argument names a released model rather than a file."""
     return text in MODELS
+
+
+def load_model(name_or_path: str, map_location: str | torch.device = "cpu") -> tuple[MultiStreamBTBNet, int | None]:
+    """A `--model` argument's model, in eval mode, and the longer side (px) it was trained at.
+
+    name_or_path: a released model's name (its checked weights, its `Released.max_size`) or a
+    checkpoint file (its `extra["max_size"]`, None if it has none). A missing or unreadable
+    file raises FileNotFoundError or ValueError naming it; an unknown name is taken as a path.
+    """
+    if is_name(name_or_path):
+        path, trained_at = weights_path(name_or_path), released(name_or_path).max_size
+    else:
+        path = Path(name_or_path)
+        trained_at = read_checkpoint(path)["extra"].get("max_size")
+    return load_checkpoint(path, map_location=map_location), trained_at
 

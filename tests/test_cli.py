@@ -279,3 +279,36 @@ def test_a_checkpoint_predicts_at_the_scale_it_was_trained_at(tmp_path):
     np.testing.assert_array_equal(written, predict_map(load_checkpoint(ckpt), image, max_size=16))
     assert main(["predict", str(tmp_path / "p.png"), "--model", str(ckpt), "--out", str(tmp_path / "n"), "--max-size", "40"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "n" / "p.png")), predict_map(load_checkpoint(ckpt), image))
+
+
+def test_version_prints_the_installed_version(capsys):
+    import importlib.metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"btbnet {importlib.metadata.version('btbnet')}\n"
+
+
+def test_version_falls_back_to_the_package_version_when_not_installed(monkeypatch, capsys):
+    import importlib.metadata
+
+    import btbnet
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"btbnet {btbnet.__version__}\n"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_without_model_exports_the_released_one(released_tiny, tmp_path, capsys):
+    from btbnet.model import FocusMap
+
+    out = tmp_path / "released.pt"
+    assert main(["export", "--format", "torchscript", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"torchscript {out}: max abs difference vs PyTorch ")
+    x = torch.rand(1, 3, 36, 20)
+    with torch.inference_mode():
+        expected = FocusMap(load_checkpoint(released_tiny))(x)
+        assert torch.allclose(torch.jit.load(str(out))(x), expected, atol=1e-5)
