@@ -50,7 +50,7 @@ def spec(workers: int, steps: int, tmp: Path) -> StageSpec:
         input=InputConfig(image_size=SIZE, augment=True),
         ray=RayConfig(num_workers=workers, cpus_per_worker=1, checkpoint_every_steps=100, max_failures=0, storage=str(tmp / "runs")),
     )
-    return StageSpec(name="bench", data=DATA, polarity="blurred", out=tmp / "m.pt", metrics=tmp / "m.json", train=train, model=MODEL)
+    return StageSpec(name="bench", data=DATA, polarity="blurred", out=tmp / "m.pt", metrics=tmp / "m.json", plots=tmp / "plots", train=train, model=MODEL)
 
 
 WARMUP = 5

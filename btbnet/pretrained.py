@@ -9,6 +9,7 @@ trained at: its maps are only right when the photograph is shown to it at that s
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,42 @@ def load_model(name_or_path: str, map_location: str | torch.device = "cpu") -> t
     name_or_path: a released model's name (its checked weights, its `Released.max_size`) or a
     checkpoint file (its `extra["max_size"]`, None if it has none). A missing or unreadable
     file raises FileNotFoundError or ValueError naming it; an unknown name is taken as a path.
+    An MLflow model URI (`models:/btbnet@candidate`, `runs:/<id>/btbnet-finetune`, …: a model
+    the pipeline logged) is read through MLflow, if installed (`mlflow_checkpoint`).
     """
     if is_name(name_or_path):
         path, trained_at = weights_path(name_or_path), released(name_or_path).max_size
-    else:
-        path = Path(name_or_path)
-        trained_at = read_checkpoint(path)["extra"].get("max_size")
+        return load_checkpoint(path, map_location=map_location), trained_at
+    if name_or_path.startswith(MLFLOW_SCHEMES):
+        with tempfile.TemporaryDirectory(prefix="btbnet-mlflow-") as tmp:
+            path = mlflow_checkpoint(name_or_path, Path(tmp))
+            return load_checkpoint(path, map_location=map_location), read_checkpoint(path)["extra"].get("max_size")
+    path = Path(name_or_path)
+    trained_at = read_checkpoint(path)["extra"].get("max_size")
     return load_checkpoint(path, map_location=map_location), trained_at
+
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def mlflow_checkpoint(uri: str, folder: Path) -> Path:
+    """Download the MLflow model at `uri` into `folder`; the btbnet checkpoint it carries.
+
+    The pipeline logs each model with its checkpoint as an extra file (`extra_files/<name>.pt`),
+    which loads as plain weights (`load_checkpoint`), never by unpickling the logged module.
+    The store is MLflow's usual: $MLFLOW_TRACKING_URI, else its default. MLflow is imported
+    here only: the library needs it for nothing else.
+    """
+    try:
+        import mlflow.artifacts
+    except ImportError:
+        raise ValueError(f"{uri}: reading an MLflow model needs mlflow (pip install 'btbnet[pipeline]')") from None
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    except Exception as exc:  # MlflowException and the store's own errors: one line for the user
+        raise ValueError(f"{uri}: cannot read this MLflow model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    found = sorted(local.glob("extra_files/*.pt"))
+    if len(found) != 1:
+        raise ValueError(f"{uri}: not a model logged by the btbnet pipeline (no extra_files/*.pt checkpoint in it)")
+    return found[0]
 

@@ -31,7 +31,7 @@ from . import stage
 from .figures import image_grid, plot_pr_curves
 from .params import Params, resolve
 from .testsets import TestSets, read_test_sets
-from .tracking import stage_run
+from .tracking import logged_model_id, stage_run
 
 NAME = "evaluate"
 
@@ -94,6 +94,7 @@ def run(cfg: EvaluateStage) -> None:
     baselines = json.loads(cfg.baselines.read_text())
     predict = {"BTBNet": lambda image: predict_map(model, image, max_size=e.max_size, device=device)}
     with stage_run(NAME, {"model": model.config.to_dict(), NAME: to_dict(e), "sets": to_dict(cfg.sets)}):
+        model_id = logged_model_id(cfg.model)  # the fine-tuned model in MLflow: the metrics are linked to it
         report, curves, grids = {}, {}, {}
         with stage.staged(resolve(e.plots_dir)) as plots_dir:
             plots_dir.mkdir()
@@ -106,7 +107,7 @@ def run(cfg: EvaluateStage) -> None:
                 grids[t.name] = ev.examples
                 write_pr_curve(plots_dir / f"{t.name}.csv", ours["paper"])
                 for p in PROTOCOLS:
-                    mlflow.log_metrics({f"{t.name}/{p}/{k}": v for k, v in report[t.name][p].items()})
+                    mlflow.log_metrics({f"{t.name}/{p}/{k}": v for k, v in report[t.name][p].items()}, model_id=model_id)
         table = comparison_table({"BTBNet": report, **baselines})
         with stage.staged(resolve(e.figures_dir)) as figures_dir:
             figures_dir.mkdir()

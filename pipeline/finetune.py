@@ -17,6 +17,7 @@ from .params import Params, resolve, resolve_data
 from .training import BLOCKS, StageSpec, train_config, train_stage
 
 NAME = "finetune"
+REGISTERED_MODEL = "btbnet"  # MLflow's model registry: a version per fine-tuning, alias `candidate`
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class FinetuneConfig:
     data: str
     model: str
     metrics: str
+    plots: str
     polarity: str = "blurred"
     exclude: str | None = None
 
@@ -45,10 +47,12 @@ def configure(params: Params) -> StageSpec:
         polarity=own.polarity,
         out=resolve(own.model),
         metrics=resolve(own.metrics),
+        plots=resolve(own.plots),
         train=train_config(params, NAME),
         model=read_config(init),
         init_checkpoint=init,
         exclude=tuple(read_stems(resolve(own.exclude))) if own.exclude else (),
+        registered_model=REGISTERED_MODEL,
     )
 
 

@@ -26,6 +26,7 @@ class PretrainConfig:
 
     model: str
     metrics: str
+    plots: str
     vgg16_weights: str | None = None
 
 
@@ -37,6 +38,7 @@ def configure(params: Params) -> StageSpec:
         polarity="in_focus",  # the synthesize stage writes 255 = in focus
         out=resolve(own.model),
         metrics=resolve(own.metrics),
+        plots=resolve(own.plots),
         train=train_config(params, NAME),
         model=model_config(params),
         vgg16_weights=weights_source(own.vgg16_weights),

@@ -4,22 +4,28 @@ Store: $MLFLOW_TRACKING_URI if set (a server, for a cluster), else `sqlite:///<r
 with artifacts under `<repo>/mlruns/`: exactly what `mlflow ui`, run with no arguments from the
 repo root, shows. The URI is absolute so that Ray workers, which run elsewhere, log to it too.
 
-Grouping: every run of one `dvc repro` / `dvc exp run` carries the tags `dvc.exp_name` (DVC's
-$DVC_EXP_NAME, "workspace" for a plain `dvc repro`), `git.commit` and `pipeline` =
-"<exp_name>@<commit>"; search with `tags.pipeline = '...'` or group by it in the UI.
+Grouping: the stage runs of one `dvc repro` / `dvc exp run` are nested under one parent run
+named after the DVC experiment ($DVC_EXP_NAME, "workspace" for a plain `dvc repro`), and are
+named `<experiment>/<stage>`; every run carries the tags `dvc.exp_name`, `git.commit` and
+`pipeline` = "<exp_name>@<commit>" (search with `tags.pipeline = '...'`). A stage run outside
+DVC (`python -m pipeline.<stage>`) has no parent. Queued experiments (`dvc exp run --queue`) run
+in a copy of the repo under `.dvc/tmp/`, and log to the repo's own store all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+import psutil
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -31,8 +37,58 @@ from .params import REPO_ROOT
 EXPERIMENT = "btbnet"
 
 
+PARENT_TAG = "btbnet.invocation"  # the DVC process a parent run stands for
+SYSTEM_METRICS_INTERVAL_S = 5.0
+SHA_TAG = "btbnet.sha256"  # a logged model's checkpoint digest: how evaluate finds the model it scores
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def logged_model_id(checkpoint: Path) -> str | None:
+    """The MLflow logged model of this very checkpoint file (by content), if one was logged."""
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return None
+    found = mlflow.search_logged_models([experiment.experiment_id], filter_string=f"tags.`{SHA_TAG}` = '{file_sha256(checkpoint)}'",
+                                        order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1, output_format="list")  # fmt: skip
+    return found[0].model_id if found else None
+
+
+def workspace_root() -> Path:
+    """The repo whose store the runs go to: REPO_ROOT, or for a queued DVC experiment (run in a
+    temporary copy under `<repo>/.dvc/tmp/`) the repo that queued it."""
+    parts = REPO_ROOT.parts
+    return Path(*parts[: parts.index(".dvc")]) if ".dvc" in parts else REPO_ROOT
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root() / 'mlflow.db'}"
+
+
+def invocation() -> str | None:
+    """'<host>:<pid>:<start time>' of the `dvc repro` / `dvc exp run` process running this
+    stage (the first of its launchers that is not a shell); None outside DVC."""
+    if "DVC_STAGE" not in os.environ:
+        return None
+    pid = stage_lib.launchers()[-1][0]
+    with contextlib.suppress(psutil.Error):
+        return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.0f}"
+    return None
+
+
+def pipeline_run(experiment_id: str, key: str, tags: dict[str, str]) -> str:
+    """The parent run of DVC invocation `key` (created by its first stage, named after the
+    experiment), set RUNNING while a stage runs; its id."""
+    client = MlflowClient(tracking_uri())
+    found = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{key}'", max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    shared = {k: v for k, v in tags.items() if k in ("dvc.exp_name", "git.commit", "pipeline")}
+    return client.create_run(experiment_id, run_name=tags["dvc.exp_name"], tags=shared | {PARENT_TAG: key}).info.run_id
 
 
 def pipeline_tags(stage: str) -> dict[str, str]:
@@ -52,32 +108,47 @@ def pipeline_tags(stage: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict[str, Any], run_key: str | None = None, resume: bool = False) -> Iterator[mlflow.ActiveRun]:
+def stage_run(stage: str, params: dict[str, Any], run_key: str | None = None, resume: bool = False,
+              system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:  # fmt: skip
     """An MLflow run for one stage, with its params (nested keys dotted, lists as JSON) and
-    the grouping tags. It ends FINISHED, FAILED (an error) or KILLED (SIGINT / SIGTERM); runs
+    the grouping tags, nested under its DVC invocation's parent run. It ends FINISHED, FAILED
+    (an error) or KILLED (SIGINT / SIGTERM), and so does the parent, until the next stage; runs
     of this stage left RUNNING by a process that no longer exists (SIGKILL) are marked KILLED.
+    system_metrics: CPU, memory (and GPU, with pynvml) sampled every few seconds into the run.
 
     run_key: tagged `btbnet.run_key`; with `resume`, the unfinished run of this stage with that
     key (a killed training being resumed) is continued instead of a new one started, so one
     stage run keeps one MLflow run and one loss curve."""
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # a server keeps the artifacts itself
-        local = None if os.environ.get("MLFLOW_TRACKING_URI") else (REPO_ROOT / "mlruns").as_uri()
+        local = None if os.environ.get("MLFLOW_TRACKING_URI") else (workspace_root() / "mlruns").as_uri()
         mlflow.create_experiment(EXPERIMENT, artifact_location=local)
     experiment = mlflow.set_experiment(EXPERIMENT)
     close_orphaned_runs(experiment.experiment_id, stage)
     owner = {"btbnet.host": socket.gethostname(), "btbnet.pid": str(os.getpid())}
     tags = pipeline_tags(stage) | owner | ({"btbnet.run_key": run_key} if run_key else {})
+    client = MlflowClient(tracking_uri())
+    parent = pipeline_run(experiment.experiment_id, key, tags) if (key := invocation()) else None
     previous = unfinished_run(experiment.experiment_id, stage, run_key) if resume and run_key else None
     if previous is not None:
-        MlflowClient(tracking_uri()).update_run(previous, status="RUNNING")
-    with mlflow.start_run(run_id=previous, run_name=None if previous else stage, tags=tags) as run:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(params).items()})
-        try:
-            yield run
-        except (KeyboardInterrupt, SystemExit) as exc:
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if stage_lib.interruption(exc) else RunStatus.FAILED))
-            raise
+        client.update_run(previous, status="RUNNING")
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    status = "FAILED"
+    try:
+        with mlflow.start_run(run_id=previous, run_name=None if previous else f"{tags['dvc.exp_name']}/{stage}", tags=tags,
+                              parent_run_id=parent, log_system_metrics=system_metrics) as run:  # fmt: skip
+            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(params).items()})
+            try:
+                yield run
+            except (KeyboardInterrupt, SystemExit) as exc:
+                status = RunStatus.to_string(RunStatus.KILLED if stage_lib.interruption(exc) else RunStatus.FAILED)
+                mlflow.end_run(status)
+                raise
+        status = "FINISHED"
+    finally:
+        if parent is not None:
+            client.set_terminated(parent, status)
 
 
 def unfinished_run(experiment_id: str, stage: str, run_key: str) -> str | None:

@@ -47,7 +47,7 @@ from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler
 from . import stage
 from .figures import plot_lines
 from .params import REPO_ROOT, Params, ParamsError
-from .tracking import MetricLogger, stage_run, tracking_uri
+from .tracking import SHA_TAG, MetricLogger, file_sha256, stage_run, tracking_uri
 
 RAY_RUNS = REPO_ROOT / ".ray_runs"
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -155,15 +155,17 @@ class StageSpec:
     polarity: str  # what white means in data's masks
     out: Path  # the final checkpoint
     metrics: Path
+    plots: Path  # DVC plots: steps.csv, epochs.csv, losses.png (`write_loss_plots`)
     train: TrainConfig
     model: BTBNetConfig  # the architecture (for finetune: the pre-trained checkpoint's)
     init_checkpoint: str | Path | None = None  # start from these weights (a path or URI) …
     vgg16_weights: str | None = None  # … or from ImageNet VGG16 backbones (section 3.3), or random
     exclude: tuple[str, ...] = ()  # stems of `data` held out (a validation split)
+    registered_model: str | None = None  # the MLflow registry name the final model gets a version of
 
     @property
     def outputs(self) -> tuple[Path, ...]:
-        return self.out, self.metrics
+        return self.out, self.metrics, self.plots
 
     def dataset(self) -> PairDataset:
         return self.train.input.dataset(local_folder(self.data), self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
@@ -215,6 +217,13 @@ def files_below(path: Path) -> list[Path]:
     return [path] if path.is_file() else [f for f in sorted(path.rglob("*")) if f.is_file()]
 
 
+def content_digest(local: Path) -> str:
+    """A digest of a file's or folder's content (paths below it and bytes)."""
+    digest = hashlib.sha256()
+    hash_files(digest, files_below(local), local if local.is_dir() else local.parent)
+    return digest.hexdigest()[:16]
+
+
 def ship_inputs(spec: StageSpec, data: Path, store: RunStore) -> StageSpec:
     """The spec the workers get. When `ray.storage` is a URI (a cluster whose nodes share no
     file system with the driver, README "Scale-out"), the driver's local inputs (the data
@@ -227,10 +236,7 @@ def ship_inputs(spec: StageSpec, data: Path, store: RunStore) -> StageSpec:
     def ship(path: str | Path | None) -> str | Path | None:
         if path is None or is_uri(path) or not Path(path).exists():
             return path  # a URI, or a name such as "imagenet" that every node resolves itself
-        local = Path(path)
-        digest = hashlib.sha256()
-        hash_files(digest, files_below(local), local if local.is_dir() else local.parent)
-        return store.upload(local, f"inputs/{digest.hexdigest()[:16]}")
+        return store.upload(Path(path), f"inputs/{content_digest(Path(path))}")
 
     return replace(spec, data=ship(spec.data if is_uri(spec.data) else data), init_checkpoint=ship(spec.init_checkpoint), vgg16_weights=ship(spec.vgg16_weights))
 
@@ -544,22 +550,53 @@ def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local:
     return metrics | {"worker_restarts": seen["starts"] - 1, "ray_nodes": len(seen["nodes"]), "steps_redone": max(0, seen["steps"] - total), "node_ids": seen["nodes"]}
 
 
-def log_loss_curves(run_id: str) -> None:
-    """The per-step losses that rank 0 logged, as a picture in the stage's MLflow run."""
+def last_logged_step(run_id: str) -> int:
+    """The last step of the run's per-step loss (0 if none)."""
+    history = mlflow.tracking.MlflowClient(tracking_uri()).get_metric_history(run_id, "step/total")
+    return max((m.step for m in history), default=0)
+
+
+def loss_history(run_id: str, prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """The losses rank 0 logged as `<prefix>/<term>`: term → (steps, values), by step."""
     client = mlflow.tracking.MlflowClient(tracking_uri())
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("step/"))
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith(f"{prefix}/"))
     lines = {}
     for key in keys:
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-        lines[key.removeprefix("step/")] = ([m.step for m in history], [m.value for m in history])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "loss.png"
-        plot_lines(lines, path, xlabel="step", ylabel="loss (eq. 6, per term)", title="training loss")
-        mlflow.log_artifact(str(path))
+        lines[key.removeprefix(f"{prefix}/")] = ([m.step for m in history], [m.value for m in history])
+    return lines
 
 
-def log_model(checkpoint: Path, example_size: int) -> None:
-    """Log a checkpoint's model (probability maps out) with its signature and input example.
+def write_loss_plots(run_id: str, folder: Path) -> None:
+    """The stage's DVC plots, from what its MLflow run holds: `steps.csv` (step, then each
+    term of eq. 6: total, main, aux_*), `epochs.csv` (epoch, the step it ended at, the same
+    terms averaged over it) and `losses.png` (for viewers without the vega charts); logged to
+    the run as well. Values are written with 9 significant digits: same training, same bytes."""
+    steps = loss_history(run_id, "step")
+    epochs = loss_history(run_id, "epoch")
+    per_epoch = (max(steps["total"][0]) + 1) // max(len(epochs["total"][0]), 1)  # the last step of each epoch is logged
+    with stage.staged(folder) as tmp:
+        tmp.mkdir()
+        for lines, name in ((steps, "steps.csv"), (epochs, "epochs.csv")):
+            terms = sorted(lines, key=lambda t: (t != "total", t != "main", t))
+            index = sorted({i for term in terms for i in lines[term][0]})
+            values = {term: dict(zip(*lines[term])) for term in terms}
+            head = ["step"] if name == "steps.csv" else ["epoch", "step"]
+            rows = [[str(i)] + ([] if name == "steps.csv" else [str((i + 1) * per_epoch - 1)]) + [f"{values[t][i]:.9g}" if i in values[t] else "" for t in terms] for i in index]
+            (tmp / name).write_text("".join(",".join(row) + "\n" for row in [head + terms, *rows]))
+        plot_lines(loss_history(run_id, "step"), tmp / "losses.png", xlabel="step", ylabel="loss (eq. 6, per term)", title="training loss")
+    mlflow.log_artifacts(str(folder), artifact_path="plots")
+
+
+CANDIDATE = "candidate"  # the registry alias of the latest fine-tuned model (evaluate links its metrics)
+
+
+def log_model(spec: StageSpec, checkpoint: Path, final: dict[str, float], step: int) -> Any:
+    """Log a checkpoint's model (probability maps out) with its signature and input example,
+    named `btbnet-<stage>`, with the run's metrics at its last logged `step` and the `final`
+    ones linked to it; the checkpoint file rides along (extra_files), so that
+    `btbnet predict --model models:/…` loads plain weights, never a pickle. With
+    `spec.registered_model`, a new registry version gets the alias `candidate`.
 
     The network is fully convolutional, so the signature takes any batch and any H × W. It is
     pickled: torch.export ("pt2", MLflow's default) fixes H × W at the example's size, since
@@ -569,19 +606,42 @@ def log_model(checkpoint: Path, example_size: int) -> None:
     from mlflow.types import Schema, TensorSpec
 
     model = FocusMap(load_checkpoint(checkpoint)).eval()
-    example = np.random.default_rng(0).random((1, 3, example_size, example_size), dtype=np.float32)
+    size = spec.train.input.crop_size or spec.train.input.image_size or 64
+    example = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),  # RGB [B, 3, H, W] in [0, 1]
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),  # in-focus probability
     )
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         model,
-        name="model",
+        name=f"btbnet-{spec.name}",
         input_example=example,
         signature=signature,
         serialization_format="pickle",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
         code_paths=[str(REPO_ROOT / "btbnet")],
+        extra_files=[str(checkpoint)],
+        registered_model_name=spec.registered_model,
+        tags={SHA_TAG: file_sha256(checkpoint), "btbnet.stage": spec.name},
+        step=step,
+    )
+    mlflow.log_metrics(final, model_id=info.model_id, step=step)
+    if spec.registered_model and info.registered_model_version is not None:
+        client = mlflow.tracking.MlflowClient(tracking_uri())
+        client.set_registered_model_alias(spec.registered_model, CANDIDATE, str(info.registered_model_version))
+    return info
+
+
+def log_data(spec: StageSpec, dataset: PairDataset) -> None:
+    """The training pairs as the run's MLflow input (context "training"): one row per pair,
+    the source named as the params give it, the digest of the files' content."""
+    import mlflow.data
+    import pandas as pd
+
+    rows = pd.DataFrame({"image": [i.name for i, _ in dataset.pairs], "mask": [m.name for _, m in dataset.pairs]})
+    mlflow.log_input(
+        mlflow.data.from_pandas(rows, source=str(spec.data), name=f"{spec.name}-data", digest=content_digest(dataset.root)),
+        context="training",
     )
 
 
@@ -607,8 +667,9 @@ def train_stage(spec: StageSpec) -> None:
     }
     key, store = run_key(spec, dataset.root), RunStore(spec.train.ray.storage)  # the data listed once
     resume = f"{spec.name}-{key}" in store.runs(spec.name)  # a killed run of this very stage
-    with stage_run(spec.name, logged, run_key=key, resume=resume) as run:
+    with stage_run(spec.name, logged, run_key=key, resume=resume, system_metrics=True) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
+        log_data(spec, dataset)
         local = stage.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
         with stage.staged(spec.out) as tmp:
             shipped = ship_inputs(spec, dataset.root, store)
@@ -618,6 +679,7 @@ def train_stage(spec: StageSpec) -> None:
         mlflow.log_metrics({k: metrics[k] for k in ("worker_restarts", "ray_nodes", "steps_redone")})
         stage.write_json(spec.metrics, metrics)
         mlflow.log_artifact(str(spec.metrics))
-        log_loss_curves(run.info.run_id)
-        log_model(spec.out, example_size=spec.train.input.crop_size or spec.train.input.image_size or 64)
+        write_loss_plots(run.info.run_id, spec.plots)
+        final = {k: v for k, v in metrics.items() if k.startswith("epoch/")}
+        log_model(spec, spec.out, final, step=last_logged_step(run.info.run_id))
     print(f"{spec.name}: loss {metrics.get('epoch/total', float('nan')):.4f} after {spec.train.loop.epochs} epochs, model in {spec.out}")

@@ -63,6 +63,7 @@ def stage_runs(client: MlflowClient, exp_name: str) -> dict[str, Run]:
     experiment = client.get_experiment_by_name("btbnet")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{exp_name}'")
+    runs = [r for r in runs if "btbnet.stage" in r.data.tags]  # not the parent run
     stages = [r.data.tags["btbnet.stage"] for r in runs]
     assert len(stages) == len(set(stages)), stages
     return {r.data.tags["btbnet.stage"]: r for r in runs}
@@ -135,9 +136,19 @@ def test_evaluation_metrics_curves_and_figures(repo, params, repro):
             assert img.format == "PNG" and min(img.size) > 16
 
 
-def test_mlflow_has_one_run_per_stage_grouped_by_the_pipeline_tag(repo, client, repro):
+def parent_runs(client: MlflowClient, exp_name: str) -> list[Run]:
+    experiment = client.get_experiment_by_name("btbnet")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`dvc.exp_name` = '{exp_name}'")
+    return [r for r in runs if "btbnet.stage" not in r.data.tags]
+
+
+def test_mlflow_has_one_run_per_stage_nested_under_one_parent_per_repro(repo, client, repro):
     runs = stage_runs(client, "workspace")
     assert sorted(runs) == sorted(STAGES)
+    [parent] = parent_runs(client, "workspace")
+    assert parent.info.run_name == "workspace" and parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert {r.info.run_name for r in runs.values()} == {f"workspace/{stage}" for stage in STAGES}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     assert {r.data.tags["git.commit"] for r in runs.values()} == {commit}
     assert {r.data.tags["pipeline"] for r in runs.values()} == {f"workspace@{commit[:12]}"}
@@ -158,7 +169,12 @@ def test_mlflow_runs_hold_params_and_metrics(client, params, repro):
         epochs = client.get_metric_history(run.info.run_id, "epoch/total")
         assert len(epochs) == 1 and math.isfinite(epochs[0].value)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {f"{stage}.json", "loss.png"} <= artifacts
+        assert {f"{stage}.json", "plots"} <= artifacts
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {f"plots/{n}" for n in ("steps.csv", "epochs.csv", "losses.png")}
+        assert "system/cpu_utilization_percentage" in run.data.metrics and "system/system_memory_usage_megabytes" in run.data.metrics
+        [data] = run.inputs.dataset_inputs  # mlflow.log_input: the training pairs
+        assert data.dataset.name == f"{stage}-data" and len(data.dataset.digest) == 16
+        assert [t.value for t in data.tags if t.key == "mlflow.data.context"] == ["training"]
     synthesize_id, evaluate_id = runs["synthesize"].info.run_id, runs["evaluate"].info.run_id
     assert {"samples.png", "synthesize.json"} <= {a.path for a in client.list_artifacts(synthesize_id)}
     assert {"evaluate.json", "figures", "pr_curves"} <= {a.path for a in client.list_artifacts(evaluate_id)}
@@ -180,13 +196,30 @@ def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, rep
     image = torch.rand(2, 3, 20, 28)  # neither the training size nor square
     for stage in ("pretrain", "finetune"):
         logged = models[runs[stage].info.run_id]
-        assert logged.name == "model"
+        assert logged.name == f"btbnet-{stage}"
+        last_step = max(m.step for m in client.get_metric_history(runs[stage].info.run_id, "step/total"))
+        linked = {m.key: m for m in logged.metrics}
+        assert linked["epoch/total"].value == runs[stage].data.metrics["epoch/total"]  # the final loss, not step 0's
+        assert linked["step/total"].step == last_step == 1
         model = mlflow.pytorch.load_model(logged.artifact_location)
         checkpoint = btbnet.load_checkpoint(repo / params[stage]["model"])
         with torch.no_grad():
             focus = model(image)  # [2, 1, 20, 28]
             expected = torch.sigmoid(checkpoint(image).final)
         torch.testing.assert_close(focus, expected)
+
+
+def test_the_finetuned_model_is_registered_as_candidate_with_its_evaluation(repo, params, client, repro):
+    version = client.get_model_version_by_alias("btbnet", "candidate")
+    runs = stage_runs(client, "workspace")
+    assert version.run_id == runs["finetune"].info.run_id
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    evaluation = json.loads((repo / params["evaluate"]["metrics"]).read_text())
+    linked = {m.key: m.value for m in logged.metrics}
+    for name, report in evaluation.items():
+        assert linked[f"{name}/paper/f_measure"] == pytest.approx(report["paper"]["f_measure"])
+        assert linked[f"{name}/ddff/mae"] == pytest.approx(report["ddff"]["mae"])
+    assert "embedded/paper/f_measure" in runs["evaluate"].data.metrics  # and still the evaluate run's own
 
 
 # --- a second repro, and what a param edit invalidates --------------------------------------
@@ -252,6 +285,21 @@ def test_experiment_reruns_all_but_synthesize(experiment):
     assert "Stage 'synthesize' didn't change, skipping" in done.stdout
 
 
+def test_exp_show_leads_with_the_headline_metrics_and_only_changed_drops_the_code(repo, experiment):
+    """The README's commands: evaluate's figures are the first metric columns; with
+    --only-changed the code hashes (unchanged by an experiment) are gone, the params it set stay."""
+    done = dvc(repo, "exp", "show", "--no-pager", "--csv")
+    assert done.returncode == 0, describe(done)
+    header = done.stdout.splitlines()[0].split(",")
+    first_metric = header[header.index("Created") + 2]  # after Created and parent
+    assert first_metric.startswith("embedded.") or first_metric.startswith("metrics/evaluate.json:embedded"), header[:8]
+    changed = dvc(repo, "exp", "show", "--no-pager", "--csv", "--only-changed").stdout.splitlines()[0].split(",")
+    assert not [c for c in changed if c.startswith(("btbnet/", "pipeline/"))], changed
+    assert "scales" in changed and any("f_measure" in c for c in changed), changed
+    dropped = dvc(repo, "exp", "show", "--no-pager", "--csv", "--drop", "^(btbnet|pipeline)/").stdout.splitlines()[0].split(",")
+    assert not [c for c in dropped if c.startswith(("btbnet/", "pipeline/"))] and "bytes" in dropped, dropped
+
+
 def test_experiment_models_have_two_scales(repo, params, experiment):
     for key in ("pretrain", "finetune"):
         model = btbnet.load_checkpoint(repo / params[key]["model"])  # the experiment's, applied to the workspace
@@ -269,5 +317,8 @@ def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):
     assert len(pipeline_tags) == 1 and pipeline_tags.pop().startswith(f"{name}@")
     assert json.loads(runs["pretrain"].data.params["model.scales"]) == [1.0, 0.8]
     assert json.loads(runs["evaluate"].data.params["model.scales"]) == [1.0, 0.8]
+    [parent] = parent_runs(client, name)  # one parent per `dvc exp run`, named after the experiment
+    assert parent.info.run_name == name and {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert {r.info.run_name for r in runs.values()} == {f"{name}/{stage}" for stage in runs}
     # the first repro's runs keep their own group
     assert sorted(stage_runs(client, "workspace")) == sorted(STAGES)

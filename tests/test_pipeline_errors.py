@@ -55,7 +55,7 @@ def test_synthesize_corrupt_source_image(repo):
     # Its MLflow run is marked failed, not left looking like a finished synthesis.
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id])
-    assert [(r.info.run_name, r.info.status) for r in runs] == [("synthesize", "FAILED")]
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("workspace/synthesize", "FAILED")]  # no parent outside DVC
 
 
 def test_finetune_image_without_mask(repo):

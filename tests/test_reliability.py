@@ -286,7 +286,7 @@ def start_dvc_repro(repo: Path, log: Path, shell: str = "/bin/sh") -> subprocess
 def stage_runs(repo: Path) -> list[tuple[str, str]]:
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id], order_by=["start_time"])
-    return [(r.info.run_name, r.info.status) for r in runs]
+    return [(r.info.run_name, r.info.status) for r in runs if "btbnet.stage" in r.data.tags]  # not the parent
 
 
 def wait_gone(processes: list[psutil.Process], timeout: float) -> list[str]:
@@ -312,7 +312,7 @@ def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo,
     proc.wait(timeout=30)
     time.sleep(5)  # an orphaned stage would write its outputs now
     assert_no_outputs(repo, "pretrain")
-    assert stage_runs(repo) == [("pretrain", "KILLED")]
+    assert stage_runs(repo) == [("workspace/pretrain", "KILLED")]
     kept = [p.name for p in (repo / ".ray_runs").iterdir()]  # the checkpoints a rerun resumes from
     assert len(kept) == 1 and kept[0].startswith("pretrain-"), kept
     assert "pretrain: interrupted (SIGTERM); no output written" in log.read_text() or how == "Ctrl-C"
@@ -325,7 +325,7 @@ def test_after_a_sigkill_the_next_run_closes_the_stale_run_and_checkpoints(repo,
     tree = psutil.Process(proc.pid).children(recursive=True)
     next(p for p in tree if "pipeline.pretrain" in " ".join(p.cmdline())).kill()
     proc.wait(timeout=60)
-    assert stage_runs(repo) == [("pretrain", "RUNNING")]  # nothing can run in a SIGKILLed process
+    assert stage_runs(repo) == [("workspace/pretrain", "RUNNING")]  # nothing can run in a SIGKILLed process
     assert list((repo / ".ray_runs").glob("pretrain-*")) != []
     wait_gone(tree, timeout=30)
     for p in tree:  # Ray's agents may outlive a SIGKILLed driver (README, "Reliability")
@@ -337,7 +337,7 @@ def test_after_a_sigkill_the_next_run_closes_the_stale_run_and_checkpoints(repo,
     write_params(repo, {"train": {"loop": {"epochs": 1, "max_steps_per_epoch": 1}}})
     done = run_stage(repo, "pretrain", timeout=300)
     assert done.returncode == 0, describe(done)
-    assert stage_runs(repo) == [("pretrain", "KILLED"), ("pretrain", "FINISHED")]
+    assert stage_runs(repo) == [("workspace/pretrain", "KILLED"), ("workspace/pretrain", "FINISHED")]
     assert list((repo / ".ray_runs").glob("*")) == []
 
 

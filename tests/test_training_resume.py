@@ -27,7 +27,7 @@ def spec(tmp_path) -> StageSpec:
     data = tmp_path / "data"
     shutil.copytree(DATA, data)
     train = TrainConfig(OptimConfig(), LoopConfig(batch_size=2, max_steps_per_epoch=4), InputConfig(image_size=16), RayConfig(num_workers=1))
-    return StageSpec("pretrain", data, "blurred", tmp_path / "m.pt", tmp_path / "m.json", train, BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0))
+    return StageSpec("pretrain", data, "blurred", tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "plots", train, BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0))
 
 
 def test_the_run_key_changes_with_settings_and_data_content_only(spec):
