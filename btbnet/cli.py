@@ -118,7 +118,8 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """--model NAME_OR_CKPT, as `load_model` takes it."""
     parser.add_argument(
         "--model", default=DEFAULT, metavar="NAME_OR_CKPT",
-        help=f"a released model ({', '.join(sorted(MODELS))}; default {DEFAULT}) or a checkpoint written by btbnet training",
+        help=f"a released model ({', '.join(sorted(MODELS))}; default {DEFAULT}), a checkpoint written by btbnet training, "
+        "or an MLflow model URI the pipeline logged (models:/btbnet@candidate; needs mlflow)",
     )  # fmt: skip
 
 

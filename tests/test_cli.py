@@ -312,3 +312,34 @@ def test_export_without_model_exports_the_released_one(released_tiny, tmp_path, 
     with torch.inference_mode():
         expected = FocusMap(load_checkpoint(released_tiny))(x)
         assert torch.allclose(torch.jit.load(str(out))(x), expected, atol=1e-5)
+
+
+def test_predict_reads_a_model_from_the_mlflow_registry(tmp_path, monkeypatch):
+    """`--model models:/btbnet@candidate`: the checkpoint the pipeline logs with the model
+    (an extra file) is loaded as plain weights; the map equals the checkpoint's own."""
+    import mlflow
+
+    from btbnet.model import FocusMap
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    model = build_model(BTBNetConfig(width=0.0625, scales=(1.0,), rrnet_steps=0))
+    checkpoint = save_checkpoint(model, tmp_path / "finetune.pt", max_size=64)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("btbnet", artifact_location=(tmp_path / "mlruns").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(FocusMap(model), name="btbnet-finetune", extra_files=[str(checkpoint)],
+                                        registered_model_name="btbnet", serialization_format="pickle", pip_requirements=["torch"])  # fmt: skip
+    mlflow.tracking.MlflowClient().set_registered_model_alias("btbnet", "candidate", str(info.registered_model_version))
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
+    for model_arg, out in (("models:/btbnet@candidate", "from_registry"), (str(checkpoint), "from_file")):
+        assert main(["predict", str(image), "--model", model_arg, "--out", str(tmp_path / out)]) == 0
+    assert (tmp_path / "from_registry/photo.png").read_bytes() == (tmp_path / "from_file/photo.png").read_bytes()
+
+
+def test_an_unknown_mlflow_model_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["predict", str(tmp_path / "x.png"), "--model", "models:/nope@candidate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("btbnet: error: models:/nope@candidate: cannot read this MLflow model"), err
