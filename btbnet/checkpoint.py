@@ -18,8 +18,9 @@ FORMAT_VERSION = 1
 
 
 def unwrap(model: nn.Module) -> MultiStreamBTBNet:
-    """The bare model inside DistributedDataParallel (or the model itself)."""
-    return getattr(model, "module", model)
+    """The bare model inside DistributedDataParallel and/or torch.compile (or the model itself)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: float | int | str) -> Path:
@@ -32,7 +33,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, **extra: float | int | s
     payload = {
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},  # NCHW even from channels_last
         "extra": dict(extra),
     }
     path = Path(path)

@@ -1,6 +1,6 @@
 """Command line: `btbnet predict …`, `btbnet export …` and `btbnet summary …` (also `python -m btbnet`).
 
-    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--max-pixels M] [--batch-size N] [--device cpu|cuda]
+    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--max-pixels M] [--batch-size N] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--channels-last] [--compile]
     btbnet export --format onnx|torchscript [--model NAME_OR_CKPT] [--out PATH]
     btbnet summary [--variant paper|fast] [--width W] [--scales 1 0.8 0.6] [--rrnet-steps N] [--size S]
     btbnet --version
@@ -26,6 +26,7 @@ from .data import DataError
 from .export import DEFAULT_OUT, FORMATS, MissingPackage, export_model, require
 from .predict import MAX_PIXELS, OverBudget, predict_paths, use_all_cores
 from .pretrained import DEFAULT, MODELS, load_model
+from .speed import PRECISIONS, SpeedConfig
 from .summary import summarize
 
 PROG = "btbnet"
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the same maps as 1 (the default); a batch stays within --max-pixels",
     )  # fmt: skip
     predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs (default: cpu)")
+    predict.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="fp32",
+        help="the forward pass's precision (autocast; default fp32; bf16 on GPUs with tensor cores)",
+    )  # fmt: skip
+    predict.add_argument("--channels-last", action="store_true", help="NHWC memory layout (faster on GPUs)")
+    predict.add_argument("--compile", action="store_true", help="torch.compile the model (pays off over many images of one size)")
     predict.set_defaults(run=run_predict)
 
     export = commands.add_parser(
@@ -128,13 +135,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     model, trained_at = load_model(args.model, map_location=args.device)
+    speed = SpeedConfig(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+    model = speed.prepare(model)
     max_size = args.max_size or trained_at
     use_all_cores()  # unless OMP_NUM_THREADS says otherwise
     start = time.perf_counter()
     try:
         written = predict_paths(
             model, args.inputs, args.out, overlay=args.overlay, max_size=max_size, device=args.device,
-            max_pixels=args.max_pixels, batch_size=args.batch_size,
+            max_pixels=args.max_pixels, batch_size=args.batch_size, speed=speed,
         )  # fmt: skip
     except OverBudget as exc:
         raise ValueError(exc.advise("--max-size {}", "--max-pixels {}")) from None

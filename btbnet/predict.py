@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import unwrap
 from .data import DataError, list_images, load_rgb, to_tensor
 from .images import check_image, fit_within
 from .io import save_png
 from .model import eval_mode
 from .overlay import BLUR_STRENGTH, BLUR_TINT, overlay  # noqa: F401 (BLUR_*: part of this module's API)
+from .speed import SpeedConfig
 
 # Default pixel budget: the most pixels the model may see per image, counted after any max_size
 # downscale. Memory grows with them: btbnet-cpu peaks at ~0.35 GB per megapixel it sees
@@ -119,12 +119,15 @@ def predict_maps(
     max_size: int | None = None,
     device: str | torch.device = "cpu",
     max_pixels: int | None = MAX_PIXELS,
+    speed: SpeedConfig = SpeedConfig(),
 ) -> list[np.ndarray]:
     """Focus maps of images the model sees at the same size, in one forward pass (a batch).
 
     As `predict_map` for each image (the same maps, to float rounding), with `max_pixels`
     counting the batch: len(images) × the pixels the model sees of one. The images may differ
     in size as long as `max_size` brings them to the same (h, w); else ValueError.
+    speed: precision and layout of the forward pass (`btbnet.speed`; the model already
+    `speed.prepare`d); the probabilities are fp32 whatever the precision.
     """
     if not images:
         return []
@@ -136,8 +139,10 @@ def predict_maps(
     if any(fit_within(size, max_size) != inference_size for size in sizes):
         raise ValueError(f"images: the model would see them at different sizes ({sorted(set(sizes))} at max_size {max_size})")
     with eval_mode(model.to(device)), torch.inference_mode():
-        batch = torch.cat([model_input(image, inference_size, device) for image in images])
-        probs = model(batch).final.sigmoid_()  # [B, 1, h, w]; streams dropped
+        batch = speed.layout(torch.cat([model_input(image, inference_size, device) for image in images]))
+        with speed.autocast(device):
+            logits = model(batch).final  # [B, 1, h, w]; streams dropped
+        probs = logits.float().sigmoid_().contiguous()
         return [full_size_map(prob[None], size) for prob, size in zip(probs, sizes)]
 
 
@@ -218,6 +223,7 @@ def predict_paths(
     max_pixels: int | None = MAX_PIXELS,
     batch_size: int = 1,
     stream: TextIO | None = None,
+    speed: SpeedConfig = SpeedConfig(),
 ) -> list[Path]:
     """Write a focus map for every input image; returns the written paths in input order.
 
@@ -236,7 +242,7 @@ def predict_paths(
     jobs = plan_jobs(inputs, out_dir, overlay, max_size, max_pixels)
     written: dict[Path, list[Path]] = {}
     with Progress(len(jobs), progress, stream) as report:
-        for done in predict_jobs(model, jobs, max_size, device, max_pixels, batch_size):
+        for done in predict_jobs(model, jobs, max_size, device, max_pixels, batch_size, speed):
             if done.error is not None:
                 raise done.error
             written[done.job.source] = done.written
@@ -265,6 +271,7 @@ def predict_jobs(
     device: str | torch.device = "cpu",
     max_pixels: int | None = MAX_PIXELS,
     batch_size: int = 1,
+    speed: SpeedConfig = SpeedConfig(),
 ) -> Iterator[Done]:
     """Run `jobs`, a `Done` per job as its files are written (in batch order, see `plan_batches`).
 
@@ -275,7 +282,7 @@ def predict_jobs(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
-    model = unwrap(model)
+    model = getattr(model, "module", model)  # DistributedDataParallel's model (a compiled one stays compiled)
     batches = plan_batches([header_size(job.source) for job in jobs], max_size, max_pixels, batch_size)
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="btbnet-io") as pool:
         def load(batch: list[int]) -> list[Future]:
@@ -290,7 +297,7 @@ def predict_jobs(
                 if isinstance(error, DataError):
                     yield Done(jobs[i], None, s, [], error)
             start = time.perf_counter()
-            maps = predict_maps(model, [image for _, image, _ in good], max_size, device, max_pixels)
+            maps = predict_maps(model, [image for _, image, _ in good], max_size, device, max_pixels, speed)
             share = (time.perf_counter() - start) / max(1, len(good))
             yield from finish(writing)
             writing = [(job, image.shape[:2], s + share, pool.submit(timed, write_outputs, job, image, focus_map))

@@ -22,6 +22,7 @@ import torch.nn as nn
 from .checkpoint import unwrap
 from .config import ConfigError, check_int, check_number
 from .losses import REDUCTIONS, loss_terms
+from .speed import SpeedConfig, fp32_logits
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
 OPTIMIZERS = ("sgd", "adamw")
@@ -148,21 +149,30 @@ def train_step(
     config: OptimConfig,
     *,
     step: int | None = None,
+    speed: SpeedConfig = SpeedConfig(),
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One SGD step on a batch; returns the loss terms of eq. 7 as floats (before the update).
 
     images [B, 3, H, W] and masks [B, 1, H, W] must already be on the model's device.
+    `speed`: the forward pass's precision and layout (`btbnet.speed`; the loss is fp32);
+    `scaler`: fp16's loss scaler, kept across steps (`SpeedConfig.scaler`; None: a fresh one).
     Raises FloatingPointError (naming `step` when given) if the loss is not finite; the
     weights are left untouched in that case.
     """
+    scaler = scaler if scaler is not None else speed.scaler(images.device)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    terms = loss_terms(model(images), masks, config.aux_weight, config.loss_reduction)
+    with speed.autocast(images.device):
+        prediction = model(speed.layout(images))
+    terms = loss_terms(fp32_logits(prediction), masks, config.aux_weight, config.loss_reduction)
     check_finite(terms, step)
-    terms["total"].backward()
+    scaler.scale(terms["total"]).backward()
     if config.clip_grad_norm is not None:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-    optimizer.step()
+    scaler.step(optimizer)  # skipped by an fp16 scaler when a gradient overflowed
+    scaler.update()
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
@@ -175,6 +185,8 @@ def train_epoch(
     on_step: StepCallback | None = None,
     max_steps: int | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    speed: SpeedConfig = SpeedConfig(),
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` (at most `max_steps` batches); mean of each loss term.
 
@@ -183,11 +195,12 @@ def train_epoch(
     `scheduler` (see `make_scheduler`), if given, steps after every optimiser step.
     """
     totals = _RunningMean()
+    scaler = scaler if scaler is not None else speed.scaler(device)
     for step, batch in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
         images, masks = to_device(batch, device)
-        terms = train_step(model, images, masks, optimizer, config, step=step)
+        terms = train_step(model, images, masks, optimizer, config, step=step, speed=speed, scaler=scaler)
         if scheduler is not None:
             scheduler.step()
         totals.add(terms, weight=images.shape[0])

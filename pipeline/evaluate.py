@@ -21,11 +21,12 @@ import mlflow
 import torch
 from PIL import Image
 
-from btbnet.checkpoint import load_checkpoint
+from btbnet.checkpoint import load_checkpoint, unwrap
 from btbnet.config import ConfigError, check_int, to_dict
 from btbnet.evaluation import comparison_table, evaluate
 from btbnet.metrics import PROTOCOLS, reported_keys
-from btbnet.predict import predict_map
+from btbnet.predict import predict_maps
+from btbnet.speed import SpeedConfig
 
 from . import stage
 from .figures import image_grid, plot_pr_curves
@@ -40,7 +41,9 @@ NAME = "evaluate"
 class EvaluateConfig:
     """The `evaluate` section besides its test sets (`pipeline.testsets`): max_size, the longer
     side the model sees, maps resized back (None: native; use the training `input.max_size`);
-    examples: rows of the example grid; device: auto, cpu, cuda or cuda:N; the outputs."""
+    examples: rows of the example grid; device: auto, cpu, cuda or cuda:N; speed: precision,
+    layout and compilation of the forward pass (`btbnet.speed`; metrics are computed in fp32);
+    the outputs."""
 
     metrics: str
     plots_dir: str
@@ -48,6 +51,7 @@ class EvaluateConfig:
     max_size: int | None = None
     examples: int = 4
     device: str = "auto"
+    speed: SpeedConfig = SpeedConfig()
 
     def __post_init__(self) -> None:
         check_int("max_size", self.max_size, 8, allow_none=True)
@@ -89,11 +93,11 @@ def write_pr_curve(path: Path, result: dict) -> None:
 def run(cfg: EvaluateStage) -> None:
     e = cfg.evaluate
     device = ("cuda" if torch.cuda.is_available() else "cpu") if e.device == "auto" else e.device
-    model = load_checkpoint(cfg.model, map_location=device)
+    model = e.speed.prepare(load_checkpoint(cfg.model, map_location=device))
     sets = cfg.sets.present()  # fail fast, before anything is written
     baselines = json.loads(cfg.baselines.read_text())
-    predict = {"BTBNet": lambda image: predict_map(model, image, max_size=e.max_size, device=device)}
-    with stage_run(NAME, {"model": model.config.to_dict(), NAME: to_dict(e), "sets": to_dict(cfg.sets)}):
+    predict = {"BTBNet": lambda image: predict_maps(model, [image], max_size=e.max_size, device=device, speed=e.speed)[0]}
+    with stage_run(NAME, {"model": unwrap(model).config.to_dict(), NAME: to_dict(e), "sets": to_dict(cfg.sets)}):
         model_id = logged_model_id(cfg.model)  # the fine-tuned model in MLflow: the metrics are linked to it
         report, curves, grids = {}, {}, {}
         with stage.staged(resolve(e.plots_dir)) as plots_dir:

@@ -51,6 +51,7 @@ def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None])
     """
     die_with_parent()
     interrupt_on_sigterm()
+    quiet()
     try:
         config = configure(load_params())
         for path in config.outputs:  # none of a previous run's outputs may outlive a failed run
@@ -64,6 +65,21 @@ def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None])
             raise
         print(f"{stage}: interrupted ({name}); no output written", file=sys.stderr)
         sys.exit(INTERRUPTED)
+
+
+def quiet() -> None:
+    """Silence the console lines that say nothing to a pipeline user (README, "Console output"):
+    MLflow's INFO lines on system-metrics sampling, its advice on pickled models (the logged
+    model carries the checkpoint, which `btbnet predict --model models:/…` loads as plain
+    weights), its warning on a dataset source path that two source types accept, and Ray's
+    notice, at each local start, that token authentication is on (Ray's default, kept)."""
+    import logging
+    import warnings
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
 
 
 def interruption(exc: BaseException) -> str | None:
@@ -177,11 +193,13 @@ def init_ray(env_vars: dict[str, str] | None = None) -> bool:
             env[var] = os.environ[var]
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
     code = {} if "working_dir" in job else {"py_modules": [str(REPO_ROOT / "btbnet"), str(REPO_ROOT / "pipeline")]}
-    ray.init(
+    context = ray.init(
         address=address,
         runtime_env=code | {"env_vars": env},
         log_to_driver=True,
         logging_level="WARNING",
     )
     interrupt_on_sigterm()  # ray.init installs its own handler (sys.exit)
+    if getattr(context, "dashboard_url", None):
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     return address == "local"

@@ -42,6 +42,7 @@ from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, de
 from btbnet.data import DataError, InputConfig, PairDataset
 from btbnet.io import atomic_output
 from btbnet.model import FocusMap, build_model
+from btbnet.speed import SpeedConfig
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
 
 from . import stage
@@ -117,6 +118,7 @@ class TrainConfig:
     loop: LoopConfig
     input: InputConfig
     ray: RayConfig
+    speed: SpeedConfig = SpeedConfig()
 
     def __post_init__(self) -> None:
         if self.loop.batch_size % self.ray.num_workers:
@@ -127,7 +129,7 @@ class TrainConfig:
             raise ConfigError("input.image_size: null with no crop_size (native sizes) needs loop.batch_size 1 per worker")
 
 
-BLOCKS = {"optim": OptimConfig, "loop": LoopConfig, "input": InputConfig, "ray": RayConfig}  # TrainConfig's fields
+BLOCKS = {"optim": OptimConfig, "loop": LoopConfig, "input": InputConfig, "ray": RayConfig, "speed": SpeedConfig}  # TrainConfig's fields
 
 
 def train_config(params: Params, name: str) -> TrainConfig:
@@ -318,6 +320,29 @@ def load_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Opti
     return state["epoch"], state["step"]
 
 
+class Progress:
+    """Rank 0's console line every `every_s` seconds (and at each epoch's end): steps done of
+    the run's total, the loss, steps per second and the time left, e.g.
+    `pretrain: step 120/450 (epoch 1/3) · loss 2.31 · 1.8 steps/s · ETA 3:03`."""
+
+    def __init__(self, stage: str, total: int, epochs: int, first: int, every_s: float = 10.0):
+        self.stage, self.total, self.epochs, self.every_s = stage, total, epochs, every_s
+        self.first, self.start = first, time.monotonic()
+        self.last = self.start
+
+    def step(self, at: int, per_epoch: int, loss: float) -> None:
+        now = time.monotonic()
+        done = at + 1
+        if now - self.last < self.every_s and done % per_epoch != 0 and done != self.total:
+            return
+        self.last = now
+        rate = (done - self.first) / max(now - self.start, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        eta = f"{int(left // 60)}:{int(left % 60):02d}" if left == left else "?"
+        print(f"{self.stage}: step {done}/{self.total} (epoch {at // per_epoch + 1}/{self.epochs}) · loss {loss:.4f} · "
+              f"{rate:.2f} steps/s · ETA {eta}", flush=True)  # fmt: skip
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's worker function: `fit_worker`, bad input re-raised without its traceback
     (Ray logs the traceback of whatever the function raises, once per worker)."""
@@ -364,15 +389,17 @@ def fit_worker(config: dict[str, Any], attempts: Any) -> None:
     if (restored := ray.train.get_checkpoint()) is not None:
         with restored.as_directory() as folder:
             first_epoch, first_step = load_state(Path(folder), model, optimizer, scheduler)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(t.speed.prepare(model))
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
     device = ray.train.torch.get_device()
+    scaler = t.speed.scaler(device)
     logger = MetricLogger(*config["mlflow"]) if rank == 0 else None
     logged = {"step": -1, "epoch": -1}  # what the run holds from earlier attempts: not logged twice
     if logger:
         logged = {"step": logger.last_step("step/total"), "epoch": logger.last_step("epoch/total")}
         if restored is not None:
             print(f"{spec.name}: resumed at epoch {first_epoch}, step {first_step} of {steps_per_epoch}")
+    progress = Progress(spec.name, t.loop.epochs * steps_per_epoch, t.loop.epochs, first_epoch * steps_per_epoch + first_step) if rank == 0 else None
 
     def report(metrics: dict[str, float], epoch: int, step: int) -> None:
         """A checkpoint at `step` steps into `epoch` (rank 0 writes it; every rank reports)."""
@@ -395,6 +422,8 @@ def fit_worker(config: dict[str, Any], attempts: Any) -> None:
 
         def on_step(i: int, terms: dict[str, float]) -> None:
             step = start + i  # within the epoch
+            if progress:
+                progress.step(epoch * steps_per_epoch + step, steps_per_epoch, terms["total"])
             if logger:
                 attempts.step.remote()
                 at = epoch * steps_per_epoch + step
@@ -406,7 +435,7 @@ def fit_worker(config: dict[str, Any], attempts: Any) -> None:
 
         terms = train_epoch(
             model, loader, optimizer, t.optim, device=device, on_step=on_step,
-            max_steps=steps_per_epoch - start, scheduler=scheduler,
+            max_steps=steps_per_epoch - start, scheduler=scheduler, speed=t.speed, scaler=scaler,
         )  # fmt: skip
         metrics = {f"epoch/{k}": v for k, v in terms.items()} | {"epoch": epoch, "steps_per_epoch": steps_per_epoch}
         if logger and epoch > logged["epoch"]:
@@ -594,7 +623,7 @@ CANDIDATE = "candidate"  # the registry alias of the latest fine-tuned model (ev
 def log_model(spec: StageSpec, checkpoint: Path, final: dict[str, float], step: int) -> Any:
     """Log a checkpoint's model (probability maps out) with its signature and input example,
     named `btbnet-<stage>`, with the run's metrics at its last logged `step` and the `final`
-    ones linked to it; the checkpoint file rides along (extra_files), so that
+    ones (`final/<term>`: the last epoch's mean losses) linked to it; the checkpoint file rides along (extra_files), so that
     `btbnet predict --model models:/…` loads plain weights, never a pickle. With
     `spec.registered_model`, a new registry version gets the alias `candidate`.
 
@@ -680,6 +709,6 @@ def train_stage(spec: StageSpec) -> None:
         stage.write_json(spec.metrics, metrics)
         mlflow.log_artifact(str(spec.metrics))
         write_loss_plots(run.info.run_id, spec.plots)
-        final = {k: v for k, v in metrics.items() if k.startswith("epoch/")}
+        final = {f"final/{k.removeprefix('epoch/')}": v for k, v in metrics.items() if k.startswith("epoch/")}  # the last epoch's
         log_model(spec, spec.out, final, step=last_logged_step(run.info.run_id))
     print(f"{spec.name}: loss {metrics.get('epoch/total', float('nan')):.4f} after {spec.train.loop.epochs} epochs, model in {spec.out}")

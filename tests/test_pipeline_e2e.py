@@ -11,8 +11,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ import pytest
 import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+import numpy as np
 from PIL import Image
 
 import btbnet
@@ -199,7 +204,7 @@ def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, rep
         assert logged.name == f"btbnet-{stage}"
         last_step = max(m.step for m in client.get_metric_history(runs[stage].info.run_id, "step/total"))
         linked = {m.key: m for m in logged.metrics}
-        assert linked["epoch/total"].value == runs[stage].data.metrics["epoch/total"]  # the final loss, not step 0's
+        assert linked["final/total"].value == runs[stage].data.metrics["epoch/total"]  # the final loss, not step 0's
         assert linked["step/total"].step == last_step == 1
         model = mlflow.pytorch.load_model(logged.artifact_location)
         checkpoint = btbnet.load_checkpoint(repo / params[stage]["model"])
@@ -207,6 +212,39 @@ def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, rep
             focus = model(image)  # [2, 1, 20, 28]
             expected = torch.sigmoid(checkpoint(image).final)
         torch.testing.assert_close(focus, expected)
+
+
+def test_training_stages_write_their_loss_plots(repo, params, repro):
+    for stage in ("pretrain", "finetune"):
+        folder = repo / params[stage]["plots"]
+        steps = list(csv.DictReader((folder / "steps.csv").open()))
+        epochs = list(csv.DictReader((folder / "epochs.csv").open()))
+        assert [int(r["step"]) for r in steps] == [0, 1] and list(steps[0])[:3] == ["step", "total", "main"]
+        assert [(int(r["epoch"]), int(r["step"])) for r in epochs] == [(0, 1)]  # the step the epoch ended at
+        assert all(math.isfinite(float(r["total"])) for r in steps + epochs)
+        with Image.open(folder / "losses.png") as img:
+            assert img.format == "PNG" and min(img.size) > 100
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (Debian package chromium)")
+def test_dvc_plots_html_shows_every_plot_as_a_picture_without_the_network(repo, tmp_path, repro):
+    """`dvc plots show`'s vega charts need a CDN; its PNGs (one per chart) need nothing:
+    Chromium with every host unresolvable and no proxy renders them."""
+    done = dvc(repo, "plots", "show", "-o", str(tmp_path / "html"))
+    assert done.returncode == 0, describe(done)
+    html = (tmp_path / "html" / "index.html").read_text()
+    images = re.findall(r'<img src="(static/[^"]+)"', html)
+    assert {Path(i).name.removeprefix("workspace_") for i in images} == {"figures_pr_curves.png", "plots_pretrain_losses.png", "plots_finetune_losses.png"}
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+                    "--window-size=1200,2600", f"--screenshot={shot}", (tmp_path / "html" / "index.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    page = np.asarray(Image.open(shot).convert("L"))
+    drawn = [band for band in np.array_split(page[:, 300:900], 4) if (band < 200).mean() > 0.01]
+    assert len(drawn) >= 3, [float((b < 200).mean()) for b in np.array_split(page, 4)]  # the three pictures, one below the other
 
 
 def test_the_finetuned_model_is_registered_as_candidate_with_its_evaluation(repo, params, client, repro):
@@ -220,6 +258,35 @@ def test_the_finetuned_model_is_registered_as_candidate_with_its_evaluation(repo
         assert linked[f"{name}/paper/f_measure"] == pytest.approx(report["paper"]["f_measure"])
         assert linked[f"{name}/ddff/mae"] == pytest.approx(report["ddff"]["mae"])
     assert "embedded/paper/f_measure" in runs["evaluate"].data.metrics  # and still the evaluate run's own
+
+
+def test_the_readmes_mlflow_ui_command_serves_the_pipelines_runs(repo, tmp_path, repro):
+    """`mlflow ui --workers 1` from the repo root (README): it serves the store the stages wrote."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--workers", "1", "--port", str(port)], cwd=repo,
+                            env=env, stdout=(tmp_path / "ui.log").open("w"), stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    assert answer.read() == b"OK"
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-2000:]
+                time.sleep(0.5)
+        served = MlflowClient(f"http://127.0.0.1:{port}")
+        assert sorted(stage_runs(served, "workspace")) == sorted(STAGES)
+        assert served.get_model_version_by_alias("btbnet", "candidate").version
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 # --- a second repro, and what a param edit invalidates --------------------------------------
@@ -300,6 +367,16 @@ def test_exp_show_leads_with_the_headline_metrics_and_only_changed_drops_the_cod
     assert not [c for c in dropped if c.startswith(("btbnet/", "pipeline/"))] and "bytes" in dropped, dropped
 
 
+def test_plots_diff_overlays_the_workspace_and_the_experiment(repo, tmp_path, experiment):
+    _, name = experiment
+    done = dvc(repo, "plots", "diff", name, "--json", "-o", str(tmp_path / "plots"))
+    assert done.returncode == 0, describe(done)
+    report = json.loads(done.stdout)["data"]
+    steps = next(v for k, v in report.items() if k.endswith("pretrain/steps.csv"))
+    revs = {row["rev"] for renderer in steps for row in renderer["content"]["data"]["values"]}
+    assert revs == {"workspace", name}
+
+
 def test_experiment_models_have_two_scales(repo, params, experiment):
     for key in ("pretrain", "finetune"):
         model = btbnet.load_checkpoint(repo / params[key]["model"])  # the experiment's, applied to the workspace
@@ -322,3 +399,35 @@ def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):
     assert {r.info.run_name for r in runs.values()} == {f"{name}/{stage}" for stage in runs}
     # the first repro's runs keep their own group
     assert sorted(stage_runs(client, "workspace")) == sorted(STAGES)
+
+
+# --- a queue of experiments (README: "Experiments") -----------------------------------------
+
+
+def test_a_queue_of_two_ablations_runs_to_the_end(repo, client, experiment):
+    """`dvc exp run --queue` twice, then `dvc queue start`: both run (in copies of the repo
+    under .dvc/tmp), their metrics are in `dvc exp show`, their MLflow runs in the repo's store."""
+    names = ["q-no-rrnet", "q-one-scale"]
+    for name, setting in zip(names, ["rrnet_steps=0", "scales=[1]"]):
+        queued = dvc(repo, "exp", "run", "--queue", "-n", name, "-S", setting)
+        assert queued.returncode == 0, describe(queued)
+    assert dvc(repo, "queue", "start", "-j", "1").returncode == 0
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            status = dvc(repo, "queue", "status").stdout
+            states = {n: re.search(rf"{n}\s+\S+ \S+\s+(\w+)", status) for n in names}
+            if all(m and m.group(1) in ("Success", "Failed") for m in states.values()):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(5)
+        assert all(m.group(1) == "Success" for m in states.values()), status
+    finally:
+        dvc(repo, "queue", "stop")
+    rows = {r["Experiment"]: r for r in csv.DictReader(dvc(repo, "exp", "show", "--no-pager", "--csv").stdout.splitlines())}
+    for name in names:
+        assert math.isfinite(float(rows[name]["embedded.paper.f_measure"])), rows[name]
+        [parent] = parent_runs(client, name)
+        assert parent.info.status == "FINISHED"
+        assert sorted(stage_runs(client, name)) == ["evaluate", "finetune", "pretrain"]
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged to a throw-away copy
