@@ -10,13 +10,14 @@
 #
 # Steps (each writes $OUT/<step>.md, .json where it has figures, and .log):
 #   env          versions, GPU, TF32 flags; stops here if torch, CUDA or btbnet is missing
-#   forward      bench/bench_forward.py on CUDA: width 1.0, 320², both variants (batch 1)
+#   inference    bench/bench_speed.py: width 1.0, 320², scales (1, 0.8, 0.6), 3 RRNet steps, both
+#                variants, batch 1 and 8, in fp32 / bf16 / bf16 + channels_last / + torch.compile:
+#                ms per image and the ratio to the FLOP floor at the H200's 989 TFLOP/s bf16 peak
 #   train_fp32   bench/bench_train.py: width 1.0, 320², both variants, batch 1 2 4 8, peak memory
 #   train_bf16   the same under bf16 autocast
-#   smoke_sum    20 real training steps, paper variant, width 1.0, 320², scales (1, 0.8, 0.6),
-#                3 RRNet steps, the paper's recipe (loss_reduction sum, lr 1e-4 / 1e-3):
+#   smoke_mean   20 real training steps, paper variant, width 1.0, 320², scales (1, 0.8, 0.6),
+#                3 RRNet steps, the paper preset's recipe (lr 1e-4 / 1e-3, loss_reduction mean):
 #                finite losses? peak memory?
-#   smoke_mean   the same with loss_reduction mean
 # $OUT/summary.md lists every step with its exit code and time. Exit code: 0 if every step did.
 
 set -u -o pipefail
@@ -67,44 +68,7 @@ print(f"btbnet {btbnet.__version__} from {btbnet.__file__}; numpy {numpy.__versi
 EOF
 }
 
-# bench_forward.py times with perf_counter and no synchronisation (it was written for CPUs):
-# run its main() with CUDA as the default device and a timer that synchronises.
-forward_on_cuda() {
-    "$PYTHON" - "$@" <<'EOF'
-import importlib.util
-import statistics
-import sys
-import time
-
-import torch
-
-spec = importlib.util.spec_from_file_location("bench_forward", "bench/bench_forward.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-
-
-def median_forward_ms(model, image, repeats):
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(bench.WARMUP + repeats):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(image)
-            torch.cuda.synchronize()
-            if i >= bench.WARMUP:
-                times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-bench.median_forward_ms = median_forward_ms
-torch.set_default_device("cuda")
-bench.main(sys.argv[1:])
-print(f"\nCUDA: {torch.cuda.get_device_name(0)}, torch {torch.__version__}; times synchronised")
-EOF
-}
-
-export -f check_env forward_on_cuda
+export -f check_env
 export PYTHON
 
 PAPER=(--widths 1.0 --sizes 320 --scales 1 0.8 0.6 --rrnet-steps 3)
@@ -115,12 +79,12 @@ if ! step env 60 bash -c check_env; then
     echo "environment check failed, see $OUT/env.md and $OUT/env.log" >&2
     exit 1
 fi
-step forward 100 bash -c 'forward_on_cuda "$@"' forward_on_cuda "${PAPER[@]}" --repeats 5 --json "$OUT/forward.json"
-step train_fp32 150 "$PYTHON" bench/bench_train.py --device cuda "${PAPER[@]}" --batch-sizes 1 2 4 8 \
+step inference 150 "$PYTHON" bench/bench_speed.py --device cuda --width 1.0 --size 320 --batch-sizes 1 8 \
+    --repeats 10 --json "$OUT/inference.json"
+step train_fp32 120 "$PYTHON" bench/bench_train.py --device cuda "${PAPER[@]}" --batch-sizes 1 2 4 8 \
     --steps 5 --warmup 2 --json "$OUT/train_fp32.json"
 step train_bf16 90 "$PYTHON" bench/bench_train.py --device cuda "${PAPER[@]}" --batch-sizes 1 2 4 8 \
     --steps 5 --warmup 2 --bf16 --json "$OUT/train_bf16.json"
-step smoke_sum 60 "$PYTHON" bench/bench_train.py "${SMOKE[@]}" --loss-reduction sum --json "$OUT/smoke_sum.json"
 step smoke_mean 45 "$PYTHON" bench/bench_train.py "${SMOKE[@]}" --loss-reduction mean --json "$OUT/smoke_mean.json"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 

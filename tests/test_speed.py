@@ -126,3 +126,22 @@ def test_predict_cli_takes_precision_and_layout(tmp_path):
     assert np.abs(maps["nhwc"] - maps["fp32"]).max() <= 1
     assert np.abs(maps["bf16"] - maps["fp32"]).max() <= 0.06 * 255
     assert main(["predict", str(image), "--precision", "fp64"]) == 2  # argparse's own refusal
+
+
+def test_the_speed_bench_reports_every_setting_against_the_flop_floor(tmp_path):
+    """bench/bench_speed.py, which bench/gpu_check.sh runs on a GPU, on a tiny CPU case."""
+    import importlib.util
+    import json
+
+    from tests.pipeline_helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_speed", REPO / "bench" / "bench_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--device", "cpu", "--width", "0.0625", "--size", "32", "--variants", "fast", "--batch-sizes", "1", "2",
+                "--settings", "fp32", "bf16+cl", "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "rows.json")])  # fmt: skip
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["setting"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("bf16+cl", 1), ("bf16+cl", 2)]
+    for r in rows:
+        assert r["ms_per_image"] > 0 and r["x_floor"] == pytest.approx(r["ms_per_image"] / r["floor_ms"])
+        assert r["floor_ms"] == pytest.approx(2 * r["gmacs"] * 1e9 / 989e12 * 1e3)
