@@ -18,18 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
-from PIL import Image
 
 from btbnet.checkpoint import load_checkpoint, unwrap
 from btbnet.config import ConfigError, check_int, to_dict
 from btbnet.evaluation import comparison_table, evaluate
-from btbnet.metrics import PROTOCOLS, reported_keys
+from btbnet.metrics import PROTOCOLS, adaptive_threshold, f_measure, mae, precision_recall_at, reported_keys
 from btbnet.predict import predict_maps
 from btbnet.speed import SpeedConfig
 
 from . import stage
-from .figures import image_grid, plot_pr_curves
+from .figures import example_grid, plot_pr_curves
 from .params import Params, resolve
 from .testsets import TestSets, read_test_sets
 from .tracking import logged_model_id, stage_run
@@ -82,6 +82,13 @@ def configure(params: Params) -> EvaluateStage:
     )
 
 
+def caption(truth: np.ndarray, focus: np.ndarray) -> str:
+    """One example's per-image F (section 4.2: adaptive threshold, in-focus pixels positive)
+    and MAE (eq. 9)."""
+    p = focus.astype(np.float64) / 255
+    return f"F {f_measure(*precision_recall_at(p, truth, adaptive_threshold(p))):.3f} · MAE {mae(p, truth):.3f}"
+
+
 def write_pr_curve(path: Path, result: dict) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -118,7 +125,8 @@ def run(cfg: EvaluateStage) -> None:
             plot_pr_curves(curves, figures_dir / "pr_curves.png")
             for name, rows in grids.items():
                 if rows:
-                    Image.fromarray(image_grid(rows)).save(figures_dir / f"examples_{name}.png")
+                    example_grid(rows, [caption(truth, focus) for _, truth, focus in rows], figures_dir / f"examples_{name}.png",
+                                 title=f"{name}: BTBNet examples")  # fmt: skip
             (figures_dir / "table1.md").write_text(table)
         stage.write_json(resolve(e.metrics), report)
         mlflow.log_artifact(str(resolve(e.metrics)))

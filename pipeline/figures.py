@@ -26,6 +26,42 @@ def image_grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
     return canvas
 
 
+EXAMPLE_HEADERS = ("image", "truth", "prediction")
+MIN_TILE = 256  # px: the shorter side of every tile, at least (small images enlarged for display)
+
+
+def example_grid(rows: list[list[np.ndarray]], captions: list[str], path: Path, title: str) -> None:
+    """The evaluation's examples as a PNG for eyes: a row per image, columns image | truth |
+    prediction under their headers, each prediction captioned (evaluate: its per-image F and
+    MAE), tiles of at least MIN_TILE px, and a legend for the grey levels.
+    rows: [image RGB, truth, prediction], uint8, 255 = in focus."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = max(r[0].shape[0] for r in rows)
+    w = max(r[0].shape[1] for r in rows)
+    scale = max(1.0, MIN_TILE / min(h, w))
+    dpi, caption = 100, 0.45  # inches of text per row (header or caption)
+    fig, axes = plt.subplots(len(rows), 3, squeeze=False, dpi=dpi,
+                             figsize=(3 * w * scale / dpi + 0.6, len(rows) * (h * scale / dpi + 2 * caption) + 0.8))  # fmt: skip
+    for r, ((image, truth, prediction), caption) in enumerate(zip(rows, captions)):
+        for c, tile in enumerate((image, truth, prediction)):
+            ax = axes[r][c]
+            ax.imshow(tile, cmap=None if tile.ndim == 3 else "gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(EXAMPLE_HEADERS[c], fontsize=12)
+        axes[r][2].set_xlabel(caption, fontsize=12)
+    fig.suptitle(title, fontsize=13)
+    fig.text(0.5, 0.01, "white: in focus · black: blurred · grey: the model's in-between (probability × 255)",
+             ha="center", va="bottom", fontsize=11)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
 def plot_pr_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
     """Precision against recall, one line per test set (section 4.2)."""
     lines = {name: (recall, precision) for name, (precision, recall) in curves.items()}

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from btbnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, unwrap
 from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, deep_merge, from_mapping, to_dict
 from btbnet.data import DataError, InputConfig, PairDataset
+from btbnet.export import MissingPackage, export_model
 from btbnet.io import atomic_output
 from btbnet.model import FocusMap, build_model
 from btbnet.speed import SpeedConfig
@@ -623,8 +624,9 @@ CANDIDATE = "candidate"  # the registry alias of the latest fine-tuned model (ev
 def log_model(spec: StageSpec, checkpoint: Path, final: dict[str, float], step: int) -> Any:
     """Log a checkpoint's model (probability maps out) with its signature and input example,
     named `btbnet-<stage>`, with the run's metrics at its last logged `step` and the `final`
-    ones (`final/<term>`: the last epoch's mean losses) linked to it; the checkpoint file rides along (extra_files), so that
-    `btbnet predict --model models:/…` loads plain weights, never a pickle. With
+    ones (`final/<term>`: the last epoch's mean losses) linked to it. Extra files: the
+    checkpoint, so that `btbnet predict --model models:/…` loads plain weights, never a pickle,
+    and the TorchScript / ONNX exports (`exported_files`). With
     `spec.registered_model`, a new registry version gets the alias `candidate`.
 
     The network is fully convolutional, so the signature takes any batch and any H × W. It is
@@ -635,30 +637,47 @@ def log_model(spec: StageSpec, checkpoint: Path, final: dict[str, float], step: 
     from mlflow.types import Schema, TensorSpec
 
     model = FocusMap(load_checkpoint(checkpoint)).eval()
-    size = spec.train.input.crop_size or spec.train.input.image_size or 64
-    example = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),  # RGB [B, 3, H, W] in [0, 1]
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),  # in-focus probability
-    )
-    info = mlflow.pytorch.log_model(
-        model,
-        name=f"btbnet-{spec.name}",
-        input_example=example,
-        signature=signature,
-        serialization_format="pickle",
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
-        code_paths=[str(REPO_ROOT / "btbnet")],
-        extra_files=[str(checkpoint)],
-        registered_model_name=spec.registered_model,
-        tags={SHA_TAG: file_sha256(checkpoint), "btbnet.stage": spec.name},
-        step=step,
-    )
+    with tempfile.TemporaryDirectory(prefix="btbnet-export-") as tmp:
+        files, export_tags = exported_files(checkpoint, Path(tmp))
+        size = spec.train.input.crop_size or spec.train.input.image_size or 64
+        example = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),  # RGB [B, 3, H, W] in [0, 1]
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),  # in-focus probability
+        )
+        info = mlflow.pytorch.log_model(
+            model,
+            name=f"btbnet-{spec.name}",
+            input_example=example,
+            signature=signature,
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pillow"],
+            code_paths=[str(REPO_ROOT / "btbnet")],
+            extra_files=[str(checkpoint), *map(str, files)],
+            registered_model_name=spec.registered_model,
+            tags={SHA_TAG: file_sha256(checkpoint), "btbnet.stage": spec.name} | export_tags,
+            step=step,
+        )
     mlflow.log_metrics(final, model_id=info.model_id, step=step)
     if spec.registered_model and info.registered_model_version is not None:
         client = mlflow.tracking.MlflowClient(tracking_uri())
         client.set_registered_model_alias(spec.registered_model, CANDIDATE, str(info.registered_model_version))
     return info
+
+
+def exported_files(checkpoint: Path, folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """The model as TorchScript and, where onnx and onnxruntime are installed, ONNX, for users
+    outside Python (`btbnet.export`: any batch and H × W, each checked against PyTorch before
+    it is written); (the files, tags with each one's max abs difference)."""
+    files, tags = [], {}
+    for fmt, name in (("torchscript", "btbnet.torchscript"), ("onnx", "btbnet.onnx")):
+        try:
+            report = export_model(load_checkpoint(checkpoint), folder / name, fmt)
+        except MissingPackage:
+            continue
+        files.append(report.path)
+        tags[f"btbnet.export.{fmt}.max_abs_diff"] = f"{report.max_abs_diff:.1e}"
+    return files, tags
 
 
 def log_data(spec: StageSpec, dataset: PairDataset) -> None:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.pytorch
 import pytest
 import torch
@@ -139,6 +140,9 @@ def test_evaluation_metrics_curves_and_figures(repo, params, repro):
     for png in pngs:
         with Image.open(figures / png) as img:
             assert img.format == "PNG" and min(img.size) > 16
+    for name in names:  # image | truth | prediction, tiles of at least 256 px, captions and a legend
+        with Image.open(figures / f"examples_{name}.png") as img:
+            assert img.size[0] >= 3 * 256 and img.size[1] >= params["evaluate"]["examples"] * 256
 
 
 def parent_runs(client: MlflowClient, exp_name: str) -> list[Run]:
@@ -206,6 +210,11 @@ def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, rep
         linked = {m.key: m for m in logged.metrics}
         assert linked["final/total"].value == runs[stage].data.metrics["epoch/total"]  # the final loss, not step 0's
         assert linked["step/total"].step == last_step == 1
+        for fmt in ("torchscript", "onnx"):  # exports for users outside Python, checked when written
+            assert float(logged.tags[f"btbnet.export.{fmt}.max_abs_diff"]) < 1e-4
+        scripted = torch.jit.load(mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/extra_files/btbnet.torchscript"))
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(image), torch.sigmoid(btbnet.load_checkpoint(repo / params[stage]["model"])(image).final))
         model = mlflow.pytorch.load_model(logged.artifact_location)
         checkpoint = btbnet.load_checkpoint(repo / params[stage]["model"])
         with torch.no_grad():

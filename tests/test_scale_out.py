@@ -280,8 +280,11 @@ def test_every_stage_logs_to_a_tracking_server(repo, mlflow_server):
     assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()  # nothing local
     client = MlflowClient(mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id])
-    by_stage = {r.data.tags["btbnet.stage"]: r for r in runs}
+    by_stage = {r.data.tags["btbnet.stage"]: r for r in runs if "btbnet.stage" in r.data.tags}
     assert sorted(by_stage) == ["baselines", "evaluate", "finetune", "pretrain", "synthesize"]
+    [parent] = [r for r in runs if "btbnet.stage" not in r.data.tags]  # the repro's parent run
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_stage.values()} == {parent.info.run_id}
+    assert client.get_model_version_by_alias("btbnet", "candidate").run_id == by_stage["finetune"].info.run_id
     assert all(r.info.status == "FINISHED" for r in runs)
     for stage, run_ in by_stage.items():
         artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
