@@ -19,9 +19,11 @@ killed stage rerun unchanged resumes it and a changed stage never does.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import os
 import random
 import shutil
 import sys
@@ -41,7 +43,6 @@ from btbnet.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint,
 from btbnet.config import BTBNetConfig, ConfigError, check_int, check_number, deep_merge, from_mapping, to_dict
 from btbnet.data import DataError, InputConfig, PairDataset
 from btbnet.export import MissingPackage, export_model
-from btbnet.io import atomic_output
 from btbnet.model import FocusMap, build_model
 from btbnet.speed import SpeedConfig
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
@@ -200,11 +201,19 @@ def local_folder(data: str | Path) -> Path:
         key.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
     target = DATA_CACHE / key.hexdigest()[:16]
     if not target.is_dir():
-        with atomic_output(target) as tmp:
-            if single.type == pyarrow.fs.FileType.File:
-                tmp.mkdir()
+        # Workers on one machine may copy the same version at once: each into its own folder,
+        # renamed onto `target` only if no other copy got there first (never replacing one in use).
+        DATA_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=DATA_CACHE))
+        try:
             pyarrow.fs.copy_files(root, str(tmp / single.base_name if single.type == pyarrow.fs.FileType.File else tmp),
                                   source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())  # fmt: skip
+            with contextlib.suppress(FileExistsError, OSError):
+                os.rename(tmp, target)  # fails if another copy is there already: use that one
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise DataError(f"{data}: could not copy it to {target}")
     return target / single.base_name if single.type == pyarrow.fs.FileType.File else target
 
 

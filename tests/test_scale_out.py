@@ -188,7 +188,7 @@ def test_a_killed_train_worker_is_survived_from_the_last_checkpoint(repo, tmp_pa
     victim.kill()  # SIGKILL from outside
     assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
     m = metrics(repo, "pretrain")
-    assert m["worker_restarts"] >= 1 and 0 < m["steps_redone"] <= EVERY, m
+    assert m["worker_restarts"] >= 1 and 0 <= m["steps_redone"] <= EVERY, m  # 0: killed right after a checkpoint
     assert (repo / "models/pretrain.pt").stat().st_size > 0
     assert step_history(repo, "pretrain") == logged_steps(2, STEPS)  # one MLflow run, no step twice
     assert "pretrain: resumed at epoch" in log.read_text()

@@ -129,3 +129,16 @@ def test_a_storage_uri_ships_every_local_input_to_the_workers(spec, tmp_path):
     image.write_bytes(image.read_bytes() + b"\0")
     assert ship_inputs(spec, spec.data, store).data != shipped.data  # new content, new copy
     assert ship_inputs(spec, spec.data, RunStore(str(tmp_path / "runs"))) == spec  # a path storage: a shared file system
+
+
+def test_workers_copying_one_data_uri_at_once_all_get_the_whole_copy(tmp_path):
+    """Train workers of one machine (or two nodes on one machine) copy a URI at the same time:
+    none may replace a copy another one already reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = tmp_path / "bucket" / "train"
+    shutil.copytree(DATA, source)
+    with ThreadPoolExecutor(6) as pool:
+        copies = list(pool.map(lambda _: local_folder(source.as_uri()), range(6)))
+    assert len(set(copies)) == 1 and tree(copies[0]) == tree(source)
+    assert not [p for p in DATA_CACHE.iterdir() if p.name.startswith(f".{copies[0].name}-")]  # no leftovers
