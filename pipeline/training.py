@@ -236,21 +236,23 @@ def content_digest(local: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def ship_inputs(spec: StageSpec, data: Path, store: RunStore) -> StageSpec:
+def ship_inputs(spec: StageSpec, data: Path, store: RunStore, data_digest: str | None = None) -> StageSpec:
     """The spec the workers get. When `ray.storage` is a URI (a cluster whose nodes share no
     file system with the driver, README "Scale-out"), the driver's local inputs (the data
     folder, the initial checkpoint, VGG16 weights given as a file) are uploaded to
     `<storage>/inputs/<content digest>/` once per content, and the workers read them from
-    there (`local_folder`); otherwise the spec is returned as it is."""
+    there (`local_folder`); otherwise the spec is returned as it is. `data_digest`: `data`'s
+    `content_digest`, if the caller has it."""
     if not is_uri(store.uri):
         return spec
 
-    def ship(path: str | Path | None) -> str | Path | None:
+    def ship(path: str | Path | None, digest: str | None = None) -> str | Path | None:
         if path is None or is_uri(path) or not Path(path).exists():
             return path  # a URI, or a name such as "imagenet" that every node resolves itself
-        return store.upload(Path(path), f"inputs/{content_digest(Path(path))}")
+        return store.upload(Path(path), f"inputs/{digest or content_digest(Path(path))}")
 
-    return replace(spec, data=ship(spec.data if is_uri(spec.data) else data), init_checkpoint=ship(spec.init_checkpoint), vgg16_weights=ship(spec.vgg16_weights))
+    shipped_data = spec.data if is_uri(spec.data) else ship(data, data_digest)
+    return replace(spec, data=shipped_data, init_checkpoint=ship(spec.init_checkpoint), vgg16_weights=ship(spec.vgg16_weights))
 
 
 class ResumableSampler(DistributedSampler):
@@ -480,16 +482,16 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def run_key(spec: StageSpec, data: Path | None = None) -> str:
+def run_key(spec: StageSpec, data_digest: str | None = None) -> str:
     """A digest of what DVC hashes for the stage: its settings (the whole spec), the content of
     its data and initial weights, and the project code loaded. A killed stage resumes its Ray
-    Train run only under the same key; a changed stage starts afresh. `data`: the data's local
-    folder when the caller has it already (`local_folder` lists a URI's files again)."""
+    Train run only under the same key; a changed stage starts afresh. `data_digest`: the data's
+    `content_digest` when the caller has it already (the data is read once per stage)."""
     digest = hashlib.sha256(json.dumps(to_dict(spec), sort_keys=True, default=str).encode())
     code = sorted(Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)
                   and Path(m.__file__).is_relative_to(REPO_ROOT) and Path(m.__file__).relative_to(REPO_ROOT).parts[0] in ("btbnet", "pipeline"))  # fmt: skip
-    inputs = files_below(data or local_folder(spec.data)) + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and not is_uri(p) and Path(p).is_file()]
-    hash_files(digest, code + inputs)
+    digest.update((data_digest or content_digest(local_folder(spec.data))).encode())
+    hash_files(digest, code + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and not is_uri(p) and Path(p).is_file()])
     return digest.hexdigest()[:16]
 
 
@@ -623,7 +625,7 @@ def write_loss_plots(run_id: str, folder: Path) -> None:
             head = ["step"] if name == "steps.csv" else ["epoch", "step"]
             rows = [[str(i)] + ([] if name == "steps.csv" else [str((i + 1) * per_epoch - 1)]) + [f"{values[t][i]:.9g}" if i in values[t] else "" for t in terms] for i in index]
             (tmp / name).write_text("".join(",".join(row) + "\n" for row in [head + terms, *rows]))
-        plot_lines(loss_history(run_id, "step"), tmp / "losses.png", xlabel="step", ylabel="loss (eq. 6, per term)", title="training loss")
+        plot_lines(steps, tmp / "losses.png", xlabel="step", ylabel="loss (eq. 6, per term)", title="training loss")
     mlflow.log_artifacts(str(folder), artifact_path="plots")
 
 
@@ -689,7 +691,7 @@ def exported_files(checkpoint: Path, folder: Path) -> tuple[list[Path], dict[str
     return files, tags
 
 
-def log_data(spec: StageSpec, dataset: PairDataset) -> None:
+def log_data(spec: StageSpec, dataset: PairDataset, digest: str) -> None:
     """The training pairs as the run's MLflow input (context "training"): one row per pair,
     the source named as the params give it, the digest of the files' content."""
     import mlflow.data
@@ -697,7 +699,7 @@ def log_data(spec: StageSpec, dataset: PairDataset) -> None:
 
     rows = pd.DataFrame({"image": [i.name for i, _ in dataset.pairs], "mask": [m.name for _, m in dataset.pairs]})
     mlflow.log_input(
-        mlflow.data.from_pandas(rows, source=str(spec.data), name=f"{spec.name}-data", digest=content_digest(dataset.root)),
+        mlflow.data.from_pandas(rows, source=str(spec.data), name=f"{spec.name}-data", digest=digest),
         context="training",
     )
 
@@ -722,14 +724,15 @@ def train_stage(spec: StageSpec) -> None:
         "data": str(spec.data),
         "init": str(spec.init_checkpoint or spec.vgg16_weights or "random"),
     }
-    key, store = run_key(spec, dataset.root), RunStore(spec.train.ray.storage)  # the data listed once
+    data_digest = content_digest(dataset.root)  # the data read once: run key, upload, MLflow input
+    key, store = run_key(spec, data_digest), RunStore(spec.train.ray.storage)
     resume = f"{spec.name}-{key}" in store.runs(spec.name)  # a killed run of this very stage
     with stage_run(spec.name, logged, run_key=key, resume=resume, system_metrics=True) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
-        log_data(spec, dataset)
+        log_data(spec, dataset, data_digest)
         local = stage.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
         with stage.staged(spec.out) as tmp:
-            shipped = ship_inputs(spec, dataset.root, store)
+            shipped = ship_inputs(spec, dataset.root, store, data_digest)
             metrics = run_training(shipped, (tracking_uri(), run.info.run_id), tmp, local, store, key)
         mlflow.set_tag("ray.node_ids", ",".join(metrics.pop("node_ids")))  # not in the metrics file: new every cluster start
         metrics["train_samples"] = len(dataset)
