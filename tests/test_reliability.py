@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import btbnet
+import pipeline.params
 from pipeline.params import load_params
 from pipeline.training import RayConfig, wait_for_workers
 from tests.pipeline_helpers import (
@@ -171,12 +172,14 @@ def test_scale_above_one_is_refused(repo):
 
 
 def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo, monkeypatch):
-    monkeypatch.chdir(repo)  # DVC runs stages in the repo; params name paths relative to it
+    # params name paths relative to the repo; here that is the copy, not this checkout
+    monkeypatch.setattr(pipeline.params, "REPO_ROOT", repo)
     write_params(repo, {"evaluate": {"max_size": "big", "device": "tpu"}, "baselines": {"methods": ["nope"]}})
     write_pretrained(repo)
     for stage in ("synthesize", "pretrain", "finetune"):
         module = __import__(f"pipeline.{stage}", fromlist=["configure"])
         assert module.configure(load_params(repo / "params.yaml")) is not None
+    assert module.configure(load_params(repo / "params.yaml")).init_checkpoint == repo / "models" / "pretrain.pt"
     done = run_stage(repo, "evaluate")
     assert done.returncode == 2 and "evaluate: error: evaluate.max_size:" in error_line(done.stderr, "evaluate")
 
