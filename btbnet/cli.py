@@ -1,6 +1,6 @@
 """Command line: `btbnet predict …`, `btbnet export …` and `btbnet summary …` (also `python -m btbnet`).
 
-    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--max-pixels M] [--batch-size N] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--channels-last] [--compile]
+    btbnet predict IMAGE_OR_DIR... [--model NAME_OR_CKPT] [--out DIR] [--overlay] [--max-size N] [--max-pixels M] [--tta none|flip|dihedral] [--batch-size N] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--channels-last] [--compile]
     btbnet export --format onnx|torchscript [--model NAME_OR_CKPT] [--out PATH]
     btbnet summary [--variant paper|fast] [--width W] [--scales 1 0.8 0.6] [--rrnet-steps N] [--size S]
     btbnet --version
@@ -24,7 +24,7 @@ from . import __version__
 from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
 from .export import DEFAULT_OUT, FORMATS, MissingPackage, export_model, require
-from .predict import MAX_PIXELS, OverBudget, predict_paths, use_all_cores
+from .predict import DEFAULT_TTA, MAX_PIXELS, VIEWS, OverBudget, predict_paths, use_all_cores, with_views
 from .pretrained import DEFAULT, MODELS, load_model
 from .speed import PRECISIONS, SpeedConfig
 from .summary import summarize
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse, before any work, an image the model would see at more than M pixels after --max-size "
         f"(default: {MAX_PIXELS:,}; memory grows with them, ~0.35 GB per megapixel for btbnet-cpu)",
     )  # fmt: skip
+    add_tta_argument(predict)
     predict.add_argument(
         "--batch-size", type=positive_int, default=1, metavar="N",
         help="run up to N images the model sees at the same size (after --max-size) through it together; "
@@ -130,13 +131,22 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    """--tta VIEWS, as `btbnet.predict.with_views` takes it."""
+    parser.add_argument(
+        "--tta", choices=list(VIEWS), default=DEFAULT_TTA,
+        help=f"average the maps of flipped (flip: 2 views) or also turned (dihedral: 8 views) copies of each image; "
+        f"time × the views, memory as one (default: {DEFAULT_TTA})",
+    )  # fmt: skip
+
+
 def run_predict(args: argparse.Namespace) -> int:
     # predict_paths checks every input and output name before it writes the first file.
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     model, trained_at = load_model(args.model, map_location=args.device)
     speed = SpeedConfig(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
-    model = speed.prepare(model)
+    model = speed.prepare(with_views(model, args.tta))
     max_size = args.max_size or trained_at
     use_all_cores()  # unless OMP_NUM_THREADS says otherwise
     start = time.perf_counter()

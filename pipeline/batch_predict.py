@@ -1,10 +1,10 @@
 """Focus maps for a large folder on Ray Data, resumable: `python -m pipeline.batch_predict IN_DIR OUT_DIR`.
 
     python -m pipeline.batch_predict IN_DIR OUT_DIR [--model NAME_OR_CKPT] [--max-size N] [--max-pixels M]
-                                     [--batch-size N] [--actors N] [--address RAY_ADDRESS]
+                                     [--tta none|flip|dihedral] [--batch-size N] [--actors N] [--address RAY_ADDRESS]
 
 Writes OUT_DIR/<stem>.png for every image of IN_DIR (`btbnet.data.list_images`): the maps
-`btbnet predict IN_DIR --out OUT_DIR` writes (same model, same scale, same pixel budget), named
+`btbnet predict IN_DIR --out OUT_DIR` writes (same model, same scale, same pixel budget, same `--tta`), named
 from the input. An image whose map is already in OUT_DIR is skipped, so a run that was killed
 resumes where it stopped when it is run again; every map is written to a hidden temporary file
 and renamed into place (`btbnet.io.save_png`), so a killed run leaves whole maps or none
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from btbnet.cli import positive_int
-from btbnet.predict import MAX_PIXELS, Job, OverBudget, plan_jobs, predict_jobs
+from btbnet.cli import add_tta_argument, positive_int
+from btbnet.predict import DEFAULT_TTA, MAX_PIXELS, Job, OverBudget, check_views, plan_jobs, predict_jobs, with_views
 from btbnet.pretrained import DEFAULT, load_model
 
 from . import stage
@@ -92,9 +92,9 @@ class Predictor:
     of a batch of rows {"source", "map"} and returns {"source", "seconds", "error"} per row
     ("error": "" when its map was written)."""
 
-    def __init__(self, model: str, max_size: int | None, max_pixels: int | None, batch_size: int):
+    def __init__(self, model: str, max_size: int | None, max_pixels: int | None, batch_size: int, tta: str = DEFAULT_TTA):
         torch.set_num_threads(CPUS_PER_ACTOR)
-        self.model, _ = load_model(model)
+        self.model = with_views(load_model(model)[0], tta)
         self.max_size, self.max_pixels, self.batch_size = max_size, max_pixels, batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -120,7 +120,8 @@ def plan(in_dir: Path, out_dir: Path, max_size: int | None, max_pixels: int | No
 
 
 def run_batches(
-    todo: Sequence[Job], model: str, max_size: int | None, max_pixels: int | None, batch_size: int, actors: int
+    todo: Sequence[Job], model: str, max_size: int | None, max_pixels: int | None, batch_size: int, actors: int,
+    tta: str = DEFAULT_TTA,
 ) -> tuple[list[str], Timing]:
     """Write the maps of `todo` on the running Ray instance; (the errors, how long it took)."""
     import ray
@@ -131,7 +132,8 @@ def run_batches(
     start = time.perf_counter()
     results = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
         Predictor,
-        fn_constructor_kwargs={"model": model, "max_size": max_size, "max_pixels": max_pixels, "batch_size": batch_size},
+        fn_constructor_kwargs={"model": model, "max_size": max_size, "max_pixels": max_pixels, "batch_size": batch_size,
+                               "tta": tta},  # fmt: skip
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=CPUS_PER_ACTOR,
@@ -166,6 +168,7 @@ def batch_predict(
     batch_size: int = 1,
     actors: int | None = None,
     address: str | None = None,
+    tta: str = DEFAULT_TTA,
 ) -> Summary:
     """Write the missing maps of `in_dir` into `out_dir` (see the module doc); what was done.
 
@@ -174,7 +177,8 @@ def batch_predict(
     """
     import ray
 
-    _, trained_at = load_model(model)  # a bad model is refused before any work
+    _, trained_at = load_model(model)  # a bad model or views name is refused before any work
+    check_views(tta, "tta")
     max_size = max_size or trained_at
     todo, skipped = plan(in_dir, out_dir, max_size, max_pixels)
     if not todo:
@@ -182,7 +186,7 @@ def batch_predict(
     connected = connect(address)
     try:
         pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_ACTOR)
-        errors, timing = run_batches(todo, model, max_size, max_pixels, batch_size, min(pool, len(todo)))
+        errors, timing = run_batches(todo, model, max_size, max_pixels, batch_size, min(pool, len(todo)), tta)
     finally:
         if connected:
             ray.shutdown()
@@ -199,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run the model on images downscaled to at most N px (default: the model's training scale)")
     parser.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="M",
                         help=f"refuse an image the model would see at more than M pixels (default: {MAX_PIXELS:,})")
+    add_tta_argument(parser)
     parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
                         help="images per Ray Data batch; those of one size go through the model together")
     parser.add_argument("--actors", type=positive_int, metavar="N",
@@ -213,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = batch_predict(args.in_dir, args.out_dir, args.model, args.max_size, args.max_pixels,
-                                args.batch_size, args.actors, args.address)  # fmt: skip
+                                args.batch_size, args.actors, args.address, args.tta)  # fmt: skip
     except OverBudget as exc:
         return fail(exc.advise("--max-size {}", "--max-pixels {}"))
     except stage.ERRORS + (OSError,) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from btbnet.checkpoint import load_checkpoint, unwrap
 from btbnet.config import ConfigError, check_int, to_dict
 from btbnet.evaluation import comparison_table, evaluate
 from btbnet.metrics import PROTOCOLS, adaptive_threshold, f_measure, mae, precision_recall_at, reported_keys
-from btbnet.predict import predict_maps
+from btbnet.predict import check_views, predict_maps, with_views
 from btbnet.speed import SpeedConfig
 
 from . import stage
@@ -43,7 +44,8 @@ class EvaluateConfig:
     side the model sees, maps resized back (None: native; use the training `input.max_size`);
     examples: rows of the example grid; device: auto, cpu, cuda or cuda:N; speed: precision,
     layout and compilation of the forward pass (`btbnet.speed`; metrics are computed in fp32);
-    the outputs."""
+    tta: test-time views whose maps are averaged (`btbnet.predict.VIEWS`; "none": the paper's
+    single forward pass); the outputs."""
 
     metrics: str
     plots_dir: str
@@ -52,9 +54,11 @@ class EvaluateConfig:
     examples: int = 4
     device: str = "auto"
     speed: SpeedConfig = SpeedConfig()
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         check_int("max_size", self.max_size, 8, allow_none=True)
+        check_views(self.tta, "tta")
         check_int("examples", self.examples, 0)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
@@ -82,6 +86,12 @@ def configure(params: Params) -> EvaluateStage:
     )
 
 
+def predictor(model: torch.nn.Module, e: EvaluateConfig, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """image → the map the stage scores: `model` under e.tta's views, at e.max_size, e.speed."""
+    views = with_views(model, e.tta)
+    return lambda image: predict_maps(views, [image], max_size=e.max_size, device=device, speed=e.speed)[0]
+
+
 def caption(truth: np.ndarray, focus: np.ndarray) -> str:
     """One example's per-image F (section 4.2: adaptive threshold, in-focus pixels positive)
     and MAE (eq. 9)."""
@@ -103,7 +113,7 @@ def run(cfg: EvaluateStage) -> None:
     model = e.speed.prepare(load_checkpoint(cfg.model, map_location=device))
     sets = cfg.sets.present()  # fail fast, before anything is written
     baselines = json.loads(cfg.baselines.read_text())
-    predict = {"BTBNet": lambda image: predict_maps(model, [image], max_size=e.max_size, device=device, speed=e.speed)[0]}
+    predict = {"BTBNet": predictor(model, e, device)}
     with stage_run(NAME, {"model": unwrap(model).config.to_dict(), NAME: to_dict(e), "sets": to_dict(cfg.sets)}):
         model_id = logged_model_id(cfg.model)  # the fine-tuned model in MLflow: the metrics are linked to it
         report, curves, grids = {}, {}, {}

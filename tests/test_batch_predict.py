@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from btbnet import BTBNetConfig, build_model, save_checkpoint
+from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
+from btbnet.config import ConfigError
+from btbnet.data import load_rgb
 from btbnet.cli import main as btbnet_main
-from btbnet.predict import MAX_PIXELS, Job
+from btbnet.predict import MAX_PIXELS, Job, predict_map, with_views
 from pipeline import batch_predict
 from pipeline.batch_predict import Predictor, Summary, Timing, main, plan
 
@@ -81,6 +83,15 @@ def test_predictor_writes_the_maps_itself_and_returns_only_names_and_times(check
     assert_same_maps(read_maps(out), reference_maps(checkpoint, images, tmp_path / "ref"))
 
 
+def test_the_predictor_averages_the_views_it_is_given(checkpoint, images, tmp_path):
+    predictor = Predictor(str(checkpoint), max_size=None, max_pixels=MAX_PIXELS, batch_size=2, tta="dihedral")
+    sources = [images / f"{stem}.png" for stem in SHAPES]
+    predictor({"source": np.array([str(s) for s in sources]), "map": np.array([str(tmp_path / s.name) for s in sources])})
+    model = with_views(load_checkpoint(checkpoint), "dihedral")
+    for source in sources:
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / source.name)), predict_map(model, load_rgb(source)))
+
+
 def test_plan_skips_the_maps_already_there_and_clears_a_killed_runs_temporary_files(images, tmp_path):
     out = tmp_path / "out"
     todo, skipped = plan(images, out, 16, MAX_PIXELS)
@@ -118,6 +129,8 @@ def test_bad_input_is_one_line_and_exit_2_before_ray_starts(checkpoint, images, 
         f"batch_predict: error: {images / 'b.png'}: 32×24 px is 768 pixels for the model, over the budget of 300; "
         "use --max-size 20 to downscale, or --max-pixels 768 to raise the budget\n"
     )
+    with pytest.raises(ConfigError, match=r"^tta: must be one of \['dihedral', 'flip', 'none'\], got 'rot90'"):
+        batch_predict.batch_predict(images, tmp_path / "out", str(checkpoint), tta="rot90")
     Image.new("RGB", (8, 8)).save(images / "a.jpg")  # a.jpg and a.png would both write a.png
     assert "same file name stem" in error(str(images), out, "--model", str(checkpoint))
     assert not (tmp_path / "out").exists()

@@ -16,11 +16,17 @@ from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
 from btbnet.cli import main
 from btbnet.data import load_rgb
 from btbnet.overlay import layout
-from btbnet.predict import predict_map
+from btbnet.predict import DEFAULT_TTA, predict_map, with_views
+from btbnet.pretrained import load_pretrained
 from btbnet.summary import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "btbnet"
+
+
+def default_map(model, image, **kwargs):
+    """The map `btbnet predict` writes without --tta (its test-time views, DEFAULT_TTA)."""
+    return predict_map(with_views(model, DEFAULT_TTA), image, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,7 @@ def test_predict_writes_a_map_per_image_consistent_with_predict_map(checkpoint, 
         with Image.open(out / f"{Path(name).stem}.png") as img:
             assert img.mode == "L" and img.size == (w, h)
             focus = np.asarray(img)
-        np.testing.assert_array_equal(focus, predict_map(model, load_rgb(tmp_path / "in" / name)))
+        np.testing.assert_array_equal(focus, default_map(model, load_rgb(tmp_path / "in" / name)))
 
 
 def test_predict_folder_with_overlay_and_max_size(checkpoint, images, tmp_path):
@@ -69,7 +75,7 @@ def test_predict_folder_with_overlay_and_max_size(checkpoint, images, tmp_path):
             assert img.mode == "RGB" and img.size == (grid.size[1], grid.size[0]) and min(grid.tile) == 256
         with Image.open(out / f"{stem}.png") as img:
             assert img.size == (w, h)
-            expected = predict_map(model, load_rgb(tmp_path / "in" / name), max_size=10)
+            expected = default_map(model, load_rgb(tmp_path / "in" / name), max_size=10)
             np.testing.assert_array_equal(np.asarray(img), expected)
     assert len(list(out.iterdir())) == 6
 
@@ -91,6 +97,21 @@ def test_batch_size_writes_the_maps_of_batch_size_1(checkpoint, tmp_path, capsys
         assert np.abs(one - four).max() <= 1  # to float rounding: identical here
     assert main([*common, "--out", str(tmp_path / "x"), "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_tta_writes_the_mean_map_of_the_views(images, tmp_path, capsys):
+    common = ["predict", str(tmp_path / "in"), "--model", "btbnet-cpu"]  # a trained model: views disagree
+    model = load_pretrained("btbnet-cpu")
+    for views in ("none", "flip", "dihedral"):
+        assert main([*common, "--out", str(tmp_path / views), "--tta", views]) == 0
+        for name in images:
+            image = load_rgb(tmp_path / "in" / name)
+            got = np.asarray(Image.open(tmp_path / views / f"{Path(name).stem}.png"))
+            np.testing.assert_array_equal(got, predict_map(with_views(model, views), image))
+    plain, eight = (np.asarray(Image.open(tmp_path / v / "rgb.png")).astype(int) for v in ("none", "dihedral"))
+    assert np.abs(plain - eight).max() > 5
+    assert main([*common, "--out", str(tmp_path / "x"), "--tta", "rot90"]) == 2
+    assert "--tta: invalid choice: 'rot90'" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_corrupt_image_exits_2_naming_it_and_writes_nothing(checkpoint, tmp_path, capsys):
@@ -257,9 +278,9 @@ def test_predict_without_model_uses_the_released_one_at_its_scale(released_tiny,
     monkeypatch.chdir(tmp_path)
     assert main(["predict", "photo.png"]) == 0
     written = np.asarray(Image.open(tmp_path / "maps" / "photo.png"))  # the default --out
-    expected = predict_map(load_checkpoint(released_tiny), image, max_size=24)  # the model's training scale
+    expected = default_map(load_checkpoint(released_tiny), image, max_size=24)  # the model's training scale
     np.testing.assert_array_equal(written, expected)
-    assert not np.array_equal(written, predict_map(load_checkpoint(released_tiny), image))
+    assert not np.array_equal(written, default_map(load_checkpoint(released_tiny), image))
 
 
 def test_an_altered_released_file_is_refused(released_tiny, tmp_path, capsys):
@@ -276,9 +297,9 @@ def test_a_checkpoint_predicts_at_the_scale_it_was_trained_at(tmp_path):
     Image.fromarray(image).save(tmp_path / "p.png")
     assert main(["predict", str(tmp_path / "p.png"), "--model", str(ckpt), "--out", str(tmp_path / "o")]) == 0
     written = np.asarray(Image.open(tmp_path / "o" / "p.png"))
-    np.testing.assert_array_equal(written, predict_map(load_checkpoint(ckpt), image, max_size=16))
+    np.testing.assert_array_equal(written, default_map(load_checkpoint(ckpt), image, max_size=16))
     assert main(["predict", str(tmp_path / "p.png"), "--model", str(ckpt), "--out", str(tmp_path / "n"), "--max-size", "40"]) == 0
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "n" / "p.png")), predict_map(load_checkpoint(ckpt), image))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "n" / "p.png")), default_map(load_checkpoint(ckpt), image))
 
 
 def test_version_prints_the_installed_version(capsys):

@@ -11,7 +11,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 import pipeline.baselines
@@ -22,6 +24,7 @@ import pipeline.synthesize
 from btbnet.checkpoint import save_checkpoint
 from btbnet.config import BTBNetConfig, ConfigError, deep_merge
 from btbnet.model import build_model
+from btbnet.predict import predict_map, with_views
 from pipeline.params import ParamsError, load_params, resolve
 from tests.pipeline_helpers import REPO, TINY_PARAMS, copy_repo, describe, run_stage
 
@@ -77,6 +80,20 @@ def test_real_params_configure_every_stage(tmp_path, real_params, pretrained):
     assert [t.name for t in e.sets.test_sets] == ["embedded"] and e.evaluate.device == "auto"
     b = configure("baselines", path)
     assert b.sets == e.sets and "lbp" in b.baselines.methods
+
+
+def test_evaluate_scores_the_maps_of_the_views_it_is_set_to(tmp_path, real_params, pretrained):
+    torch.manual_seed(0)
+    model = build_model(BTBNetConfig(variant="fast", width=0.0625, scales=(1.0,), rrnet_steps=1))
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    maps = {}
+    for views in ("none", "dihedral"):
+        path = write(tmp_path, deep_merge(real_params, {"evaluate": {"tta": views, "max_size": 16}}), pretrained)
+        e = configure("evaluate", path).evaluate
+        assert e.tta == views
+        maps[views] = pipeline.evaluate.predictor(model, e, "cpu")(image)
+        np.testing.assert_array_equal(maps[views], predict_map(with_views(model, views), image, max_size=16))
+    assert real_params["evaluate"]["tta"] == "none"  # the paper's single pass by default
 
 
 def test_real_params_point_at_the_embedded_data(real_params):
@@ -143,6 +160,7 @@ INVALID = {
     "no test sets": ({"evaluate": {"test_sets": []}}, "evaluate", "evaluate.test_sets: "),
     "tiny evaluate max_size": ({"evaluate": {"max_size": 0}}, "evaluate", "evaluate.max_size: "),
     "bad device": ({"evaluate": {"device": "tpu"}}, "evaluate", "evaluate.device: must be auto, cpu, cuda or cuda:N"),
+    "bad tta": ({"evaluate": {"tta": "rot90"}}, "evaluate", "evaluate.tta: must be one of ['dihedral', 'flip', 'none'], got 'rot90'"),
     "no sources": ({"synthesize": {"sources": []}}, "synthesize", "synthesize.sources: "),
     "empty path": ({"finetune": {"model": ""}}, "finetune", "finetune.model: "),
     "section not a mapping": ({"evaluate": [1, 2]}, "evaluate", "evaluate: "),

@@ -13,11 +13,14 @@ from PIL import Image
 
 from btbnet import BTBNetConfig, build_model, predict
 from btbnet.data import DataError, to_tensor
+from btbnet.model import Prediction
+from btbnet.pretrained import load_pretrained
 from btbnet.overlay import BACKGROUND, HEADERS, INK, Layout, layout, legend_entries, shade
 from btbnet.predict import (
     BLUR_STRENGTH,
     BLUR_TINT,
     MAX_PIXELS,
+    VIEWS,
     Job,
     OverBudget,
     check_budget,
@@ -29,7 +32,9 @@ from btbnet.predict import (
     predict_map,
     predict_maps,
     predict_paths,
+    with_views,
 )
+from btbnet.speed import SpeedConfig
 
 
 @pytest.fixture(scope="module")
@@ -410,3 +415,108 @@ def test_missing_and_corrupt_inputs_name_the_file(model, tmp_path):
     with pytest.raises(DataError, match="broken.png"):
         predict_paths(model, [broken], out, progress=False)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+# --- test-time views --------------------------------------------------------------------------
+
+
+class PixelModel(torch.nn.Module):
+    """A map that depends on each pixel alone (its red value): every view, turned back, gives
+    the same map, so averaging views must change nothing."""
+
+    def forward(self, x):
+        return Prediction(final=(x[:, :1] - 0.5) * 8, streams=[])
+
+
+class RampModel(torch.nn.Module):
+    """A map that depends on the position alone: logit = column / width, rising to the right."""
+
+    def forward(self, x):
+        w = x.shape[-1]
+        ramp = torch.arange(w, dtype=torch.float32).div(w).expand(*x.shape[:1], 1, x.shape[-2], w)
+        return Prediction(final=ramp * 6, streams=[])
+
+
+@pytest.mark.parametrize("views", sorted(VIEWS))
+def test_views_of_a_pixelwise_model_give_its_own_map(views):
+    image = random_image(13, 22, seed=3)  # not square: quarter turns swap height and width
+    np.testing.assert_array_equal(predict_map(with_views(PixelModel(), views), image), predict_map(PixelModel(), image))
+
+
+def test_the_flip_view_averages_the_map_with_its_mirror():
+    image = random_image(9, 16)
+    ramp = predict_map(RampModel(), image).astype(int)
+    assert ramp[0, -1] - ramp[0, 0] > 100  # the model alone: dark left, bright right
+    flipped = predict_map(with_views(RampModel(), "flip"), image).astype(int)
+    np.testing.assert_array_equal(flipped, flipped[:, ::-1])  # symmetric left-right
+    expected = (torch.sigmoid(torch.arange(16) / 16 * 6) + torch.sigmoid(torch.arange(15, -1, -1) / 16 * 6)) / 2
+    np.testing.assert_array_equal(flipped[0], expected.mul(255).round().int().numpy())
+
+
+@pytest.mark.parametrize("views", ["flip", "dihedral"])
+def test_views_of_the_network_are_the_mean_of_its_maps_of_turned_images(views):
+    # The released model on a picture sharp at its top left only: maps with real structure.
+    model = load_pretrained()
+    image = random_image(60, 84, seed=5)
+    image[20:] = image[20:].mean(axis=(0, 1), dtype=np.float64).astype(np.uint8)
+    image[:, 30:] = image[:, 30:].mean(axis=(0, 1), dtype=np.float64).astype(np.uint8)
+    maps = []  # each view computed on its own: the image turned with numpy, its map turned back
+    for turns, flip in VIEWS[views]:
+        view = np.rot90(image[:, ::-1] if flip else image, turns)
+        back = np.rot90(predict_map(model, np.ascontiguousarray(view)).astype(np.float64), -turns)
+        maps.append(back[:, ::-1] if flip else back)
+    expected = np.mean(maps, axis=0)
+    got = predict_map(with_views(model, views), image)
+    assert got.shape == (60, 84)
+    assert np.abs(got - expected).max() <= 1.0  # each map was rounded to 0…255 before the mean
+    assert np.abs(maps[0] - maps[-1]).max() > 30  # the views disagree: their mean is a real test
+
+
+def test_views_keep_batches_budgets_and_speed_settings(model):
+    images = [random_image(20, 28, seed=s) for s in range(3)]
+    tta = with_views(model, "dihedral")
+    one_by_one = [predict_map(tta, image) for image in images]
+    for got, expected in zip(predict_maps(tta, images), one_by_one):
+        np.testing.assert_array_equal(got, expected)
+    cl = predict_maps(SpeedConfig(channels_last=True).prepare(tta), images, speed=SpeedConfig(channels_last=True))
+    assert max(np.abs(a.astype(int) - b).max() for a, b in zip(cl, one_by_one)) <= 1
+    with pytest.raises(OverBudget):
+        predict_map(tta, images[0], max_pixels=100)
+
+
+def test_views_train_nothing_and_restore_the_mode(model):
+    tta = with_views(model, "flip")
+    model.train()
+    predict_map(tta, random_image(12, 12))
+    assert model.training and all(m.training for m in model.modules())
+    assert [p for p in tta.parameters()] == [p for p in model.parameters()]
+
+
+def test_unknown_views_are_refused_by_name(model):
+    assert with_views(model, "none") is model
+    with pytest.raises(ValueError, match=r"views: must be one of \['dihedral', 'flip', 'none'\], got 'rot'"):
+        with_views(model, "rot")
+
+
+def test_the_tta_bench_scores_each_setting_as_evaluate_does(tmp_path):
+    """bench/bench_tta.py, whose validation figures are in the README, on the embedded test pairs."""
+    import importlib.util
+    import json
+
+    from btbnet.evaluation import evaluate
+    from tests.pipeline_helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_tta", REPO / "bench" / "bench_tta.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = REPO / "data" / "embedded" / "defocus" / "test"
+    bench.main(["--data", str(data), "--views", "none", "flip", "--max-size", "64", "--json", str(tmp_path / "rows.json")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["tta"], r["views"], r["images"]) for r in rows] == [("none", 1, 16), ("flip", 2, 16)]
+    model = load_pretrained()
+    for r in rows:
+        tta = with_views(model, r["tta"])
+        direct = evaluate({"m": lambda image: predict_map(tta, image, max_size=64)}, data, "blurred", progress=False).results["m"]
+        assert r["f_measure"] == pytest.approx(direct["paper"]["f_measure"]) and r["mae"] == pytest.approx(direct["paper"]["mae"])
+        assert r["ddff_f_measure"] == pytest.approx(direct["ddff"]["f_measure"]) and r["s_per_image"] > 0
+    assert rows[0]["f_measure"] != rows[1]["f_measure"]
