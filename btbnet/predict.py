@@ -77,12 +77,12 @@ class TestTimeViews(nn.Module):
     time: memory as one forward pass (plus the running mean), time × len(views).
     """
 
-    def __init__(self, model: nn.Module, views: str = "dihedral"):
+    def __init__(self, model: nn.Module, views: str = DEFAULT_TTA):
         super().__init__()
         self.net, self.views = model, check_views(views)  # not `.module`: that would read as a DDP wrapper
 
     def forward(self, x: torch.Tensor) -> Prediction:
-        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         total = None
         for turns, flip in VIEWS[self.views]:
             view = torch.rot90(x.flip(-1) if flip else x, turns, dims=(-2, -1))
@@ -103,7 +103,7 @@ def check_views(views: str, key: str = "views") -> str:
 
 
 def with_views(model: nn.Module, views: str) -> nn.Module:
-    """`model` itself for "none", else `TestTimeViews(model, views)` (ValueError for a name not in VIEWS)."""
+    """`model` itself for "none", else `TestTimeViews(model, views)` (a name not in VIEWS: see `check_views`)."""
     return model if views == "none" else TestTimeViews(model, views)
 
 
