@@ -58,13 +58,28 @@ def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None])
             remove(path)
         run(config)
     except ERRORS as exc:
-        print(f"{stage}: error: {exc}", file=sys.stderr)
+        last_line(f"{stage}: error: {exc}")
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as exc:
         if (name := interruption(exc)) is None:
             raise
-        print(f"{stage}: interrupted ({name}); no output written", file=sys.stderr)
+        last_line(f"{stage}: interrupted ({name}); no output written")
         sys.exit(INTERRUPTED)
+
+
+def last_line(line: str) -> None:
+    """Write the stage's closing `line` on stderr as a line of its own.
+
+    Ray forwards its processes' output to the driver's stderr from a thread, one `print` (two
+    writes) at a time; a line such as `(TrainController pid=…) Failed to stop …` could land in
+    the middle of ours. Ray is shut down first (which stops that thread: what it forwards comes
+    before our line), and the line goes out in one write.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def quiet() -> None:

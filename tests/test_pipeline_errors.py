@@ -7,12 +7,16 @@ corrupt image fail before Ray starts; the corrupt image is only decoded inside R
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, error_line, run_stage, write_params, write_pretrained
+from tests.pipeline_helpers import (
+    REPO, TINY_PARAMS, copy_repo, describe, error_line, run_stage, stage_env, write_params, write_pretrained,
+)
 
 SOURCES = Path("data/embedded/sources")
 FINETUNE_DATA = Path("data/embedded/defocus/train")
@@ -87,3 +91,42 @@ def test_pretrain_invalid_model_params(repo, updates, message):
     assert error_line(done.stderr, "pretrain").startswith(f"pretrain: error: {message}")
     assert not (repo / "models" / "pretrain.pt").exists()
     assert not (repo / "mlflow.db").exists()  # rejected before any MLflow run or Ray start
+
+
+CHATTY_STAGE = """
+import sys, time
+import ray
+from btbnet.data import DataError
+from pipeline import stage
+
+@ray.remote(num_cpus=0)
+class Chatter:  # a Ray process whose output the driver forwards to its stderr, without end
+    def chat(self):
+        while True:
+            print("(chatter) " * 8, file=sys.stderr, flush=True)
+            time.sleep(0.001)
+
+def run(config):
+    stage.init_ray()
+    chatter = Chatter.remote()
+    chatter.chat.remote()
+    time.sleep(4)  # the forwarded lines are flowing
+    raise DataError("probe.png: cannot read image")
+
+class Config:
+    outputs = ()
+
+stage.main("probe", lambda params: Config(), run)
+"""
+
+
+def test_the_error_line_is_the_last_line_and_whole_while_ray_forwards_output(tmp_path):
+    """Ray forwards its processes' output to the stage's stderr from a thread; the stage's
+    `error:` line must still be one whole line, and the last one (seen in CI: a Ray warning
+    glued to its end)."""
+    done = subprocess.run([sys.executable, "-c", CHATTY_STAGE], cwd=REPO, env=stage_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, describe(done)
+    assert "(chatter)" in done.stderr, describe(done)  # the forwarding was under way
+    assert error_line(done.stderr, "probe") == "probe: error: probe.png: cannot read image"
+    assert done.stderr.rstrip("\n").splitlines()[-1] == "probe: error: probe.png: cannot read image", describe(done)
