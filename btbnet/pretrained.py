@@ -35,7 +35,7 @@ class Released:
 MODELS: dict[str, Released] = {
     "btbnet-cpu": Released(
         file="btbnet-cpu.pt",
-        sha256="0174ea8c7a3fb4006f6e5024a91ae2bb03c3dfcc9df9d9c82b000f1914ce2704",
+        sha256="c3844503c7961e7749469c0a287ad2f2a8ed540b34e26ac19cdd80230d74abee",
         max_size=320,
         summary="fast variant, width 0.25, BatchNorm, 1 stream + FNet + 1 RRNet step; trained from random "
         "initialisation on 2 CPU cores (infra/presets/cpu.yaml) on BSDS500 synthesis and Shi's 604 pairs",
