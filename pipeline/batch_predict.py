@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def fail(message: str) -> int:
-    print(f"{NAME}: error: {message}", file=sys.stderr)
+    stage.last_line(f"{NAME}: error: {message}")
     return EXIT_USAGE
 
 
