@@ -45,10 +45,27 @@ SPREAD = {"train": {"ray": {"placement_strategy": "SPREAD"}}}
 RAY = PYTHON_DIR / "ray"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports every `ray start` claims unless told otherwise (GCS, dashboard, client server, dashboard
+# agent): a head given one of them for another component refuses to start ("... trying to use a
+# port number 52365 that is used by other components"), so a random port must be none of them.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports of this machine, none of Ray's defaults."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in RAY_DEFAULT_PORTS:
+                s.close()
+            else:
+                held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 class Cluster:
@@ -56,15 +73,16 @@ class Cluster:
     authentication is off on the nodes and in every client alike (RAY_AUTH_MODE)."""
 
     def __init__(self, tmp: Path):
-        self.port, self.dashboard = free_port(), free_port()
+        self.port, self.dashboard = free_ports(2)
         self.address = f"127.0.0.1:{self.port}"
         self.log = tmp
         self.head = self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=true",
                                          "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}"])  # fmt: skip
         self.worker = self.head
         try:
-            self.wait_for_nodes(1)
-            self.worker = self.add_node()
+            self.wait_for_nodes(1, self.head)
+            self.worker = self._start("worker", [f"--address={self.address}"])
+            self.wait_for_nodes(2, self.head, self.worker)
         except BaseException:
             self.close()
             raise
@@ -79,21 +97,27 @@ class Cluster:
             env=stage_env() | {"RAY_AUTH_MODE": "disabled"}, stdout=(self.log / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
 
-    def add_node(self) -> subprocess.Popen:
-        proc = self._start("worker", [f"--address={self.address}"])
-        self.wait_for_nodes(2)
-        return proc
-
     def alive_nodes(self) -> int:
+        """The cluster's live nodes; 0 while the head does not answer (a client of a head that
+        is not up waits, so the probe has its own timeout)."""
         code = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-        done = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=120)
+        try:
+            done = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return 0
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
 
-    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+    def wait_for_nodes(self, count: int, *nodes: subprocess.Popen, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while self.alive_nodes() != count:
-            assert time.monotonic() < deadline, (self.log / "head.log").read_text()[-2000:]
+            for proc in nodes:  # a node that refused to start: say why now
+                assert proc.poll() is None, f"`ray start` exited {proc.returncode}: {self.logs()}"
+            assert time.monotonic() < deadline, self.logs()
             time.sleep(1)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}.log\n{(self.log / f'{name}.log').read_text()[-2000:]}" for name in ("head", "worker")
+                         if (self.log / f"{name}.log").exists())  # fmt: skip
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:
@@ -112,6 +136,17 @@ def cluster(tmp_path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
     yield c
     c.close()
+
+
+def test_a_node_that_refuses_to_start_fails_the_cluster_at_once_with_its_log(tmp_path, monkeypatch):
+    """The port the CI once drew for the head was Ray's dashboard agent's: `ray start` exited
+    and the probe waited on a head that would never answer. Now that port is never drawn, and a
+    node that exits anyway ends the wait with its own words."""
+    draw = free_ports
+    assert not RAY_DEFAULT_PORTS & set(draw(64))
+    monkeypatch.setattr(sys.modules[__name__], "free_ports", lambda count: [52365, *draw(count - 1)])
+    with pytest.raises(AssertionError, match="used by other components"):
+        Cluster(tmp_path)
 
 
 @pytest.fixture()
@@ -261,7 +296,7 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_starts_afresh(repo, tmp_
 
 @pytest.fixture()
 def mlflow_server(tmp_path) -> Iterator[str]:
-    port = free_port()
+    [port] = free_ports(1)
     proc = subprocess.Popen(
         [str(PYTHON_DIR / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
