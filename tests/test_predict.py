@@ -520,3 +520,35 @@ def test_the_tta_bench_scores_each_setting_as_evaluate_does(tmp_path):
         assert r["f_measure"] == pytest.approx(direct["paper"]["f_measure"]) and r["mae"] == pytest.approx(direct["paper"]["mae"])
         assert r["ddff_f_measure"] == pytest.approx(direct["ddff"]["f_measure"]) and r["s_per_image"] > 0
     assert rows[0]["f_measure"] != rows[1]["f_measure"]
+
+
+def test_the_readme_picture_script_tiles_photo_truth_and_map_of_the_split_s_first_stems(tmp_path, capsys):
+    """docs/make_example.py, which draws the README's picture, on the embedded test pairs."""
+    import importlib.util
+
+    from btbnet.evaluation import evaluate
+    from btbnet.images import resize
+    from btbnet.pretrained import DEFAULT, load_model
+    from tests.pipeline_helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("make_example", REPO / "docs" / "make_example.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = REPO / "data" / "embedded" / "defocus" / "test"
+    (tmp_path / "split.txt").write_text("defocus_0043\n# a comment\ndefocus_0041\ndefocus_0050\n")
+    out = tmp_path / "example.png"
+    script.main(["--data", str(data), "--stems", str(tmp_path / "split.txt"), "--count", "2", "--width", "32", "--out", str(out)])
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (2 * 33 + 1, 3 * 33 + 1, 3)  # 2 rows × 3 tiles of 32×32 (96×96 shrunk), 1 px gaps
+    model, trained_at = load_model(DEFAULT)
+    for row, stem in enumerate(["defocus_0041", "defocus_0043"]):  # in the folder's order
+        image = np.asarray(Image.open(data / "image" / f"{stem}.png").convert("RGB"))
+        blurred = np.asarray(Image.open(data / "gt" / f"{stem}.png").convert("L"))
+        y = 1 + row * 33
+        for col, tile in enumerate([image, 255 - blurred, predict_map(model, image, max_size=trained_at)]):
+            want = resize(tile, (32, 32), Image.Resampling.BILINEAR)
+            got = picture[y : y + 32, 1 + col * 33 : 33 + col * 33]
+            assert np.array_equal(got, np.repeat(want[..., None], 3, axis=2) if want.ndim == 2 else want), (stem, col)
+    paper = evaluate({"m": lambda im: predict_map(model, im, max_size=trained_at)}, data, "blurred", progress=False,
+                     stems=["defocus_0041", "defocus_0043"]).results["m"]["paper"]  # fmt: skip
+    assert capsys.readouterr().out == f"{out}: defocus_0043, defocus_0041: F {paper['f_measure']:.3f}, MAE {paper['mae']:.3f}\n"
