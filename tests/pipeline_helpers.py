@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,26 @@ def write_pretrained(repo: Path) -> Path:
 def fake_synthetic_set(repo: Path) -> None:
     """pretrain's data without running synthesize: the embedded pairs (any masks will do)."""
     shutil.copytree(repo / "data/embedded/defocus/train", repo / "data" / "synthetic")
+
+
+# Ports every `ray start` claims unless told otherwise (GCS, dashboard, client server, dashboard
+# agent): a head given one of them for another component refuses to start ("... trying to use a
+# port number 52365 that is used by other components"), so a random port must be none of them.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports of this machine, none of Ray's defaults."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in RAY_DEFAULT_PORTS:
+                s.close()
+            else:
+                held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()

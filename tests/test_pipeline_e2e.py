@@ -271,12 +271,11 @@ def test_the_finetuned_model_is_registered_as_candidate_with_its_evaluation(repo
 
 def test_the_readmes_mlflow_ui_command_serves_the_pipelines_runs(repo, tmp_path, repro):
     """`mlflow ui --workers 1` from the repo root (README): it serves the store the stages wrote."""
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.pipeline_helpers import free_ports
+
+    [port] = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--workers", "1", "--port", str(port)], cwd=repo,
                             env=env, stdout=(tmp_path / "ui.log").open("w"), stderr=subprocess.STDOUT)  # fmt: skip

@@ -24,7 +24,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.pipeline_helpers import (
-    DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, fake_synthetic_set, git, stage_env, write_params, write_pretrained,
+    DVC, PYTHON_DIR, RAY_DEFAULT_PORTS, TINY_PARAMS, copy_repo, describe, dvc, fake_synthetic_set, free_ports, git, stage_env,
+    write_params, write_pretrained,
 )  # fmt: skip
 
 pytestmark = pytest.mark.slow
@@ -43,29 +44,6 @@ RESUMABLE = {
 }
 SPREAD = {"train": {"ray": {"placement_strategy": "SPREAD"}}}
 RAY = PYTHON_DIR / "ray"
-
-
-# Ports every `ray start` claims unless told otherwise (GCS, dashboard, client server, dashboard
-# agent): a head given one of them for another component refuses to start ("... trying to use a
-# port number 52365 that is used by other components"), so a random port must be none of them.
-RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports of this machine, none of Ray's defaults."""
-    held: list[socket.socket] = []
-    try:
-        while len(held) < count:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            if s.getsockname()[1] in RAY_DEFAULT_PORTS:
-                s.close()
-            else:
-                held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 class Cluster:
