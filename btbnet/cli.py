@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--max-size", type=positive_int, metavar="N",
-        help="run the model on images downscaled to at most N px (default: the scale the model was trained at)",
+        help="run the model on images downscaled to at most N px (default: a released model's scale, 416 px for btbnet-cpu; a checkpoint's training scale)",
     )  # fmt: skip
     predict.add_argument(
         "--max-pixels", type=positive_int, metavar="M", default=MAX_PIXELS,

@@ -1,9 +1,10 @@
 """Released models, loadable by name: `load_pretrained("btbnet-cpu")`.
 
-Each released checkpoint ships inside the package (`btbnet/weights/`), with the scale it was
-trained at: its maps are only right when the photograph is shown to it at that scale, so
-`predict_map(model, image, max_size=released.max_size)` (what `btbnet predict` does when
-`--model` is a name or absent). The model cards are in `docs/models.md`.
+Each released checkpoint ships inside the package (`btbnet/weights/`), with the scale it is
+run at: defocus is a property of scale, so its maps are only right when the photograph is shown
+to it at that scale, `predict_map(model, image, max_size=released.max_size)` (what `btbnet
+predict` does when `--model` is a name or absent). That scale was chosen on the validation
+split, near the scale it was trained at (`trained_at`). The model cards are in `docs/models.md`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class Released:
-    """A released checkpoint: its file in btbnet/weights/, SHA-256, and the longer side (px)
-    that photographs are shrunk to before the model sees them (as in its training)."""
+    """A released checkpoint: its file in btbnet/weights/, SHA-256, the longer side (px) that
+    photographs are shrunk to before the model sees them, and the one its training pairs were
+    shrunk to (`trained_at`)."""
 
     file: str
     sha256: str
     max_size: int | None
+    trained_at: int | None
     summary: str
 
 
@@ -36,7 +39,8 @@ MODELS: dict[str, Released] = {
     "btbnet-cpu": Released(
         file="btbnet-cpu.pt",
         sha256="c3844503c7961e7749469c0a287ad2f2a8ed540b34e26ac19cdd80230d74abee",
-        max_size=320,
+        max_size=416,  # 1.3 × trained_at: the best of 256…640 on the validation split (README, "Inference scale")
+        trained_at=320,
         summary="fast variant, width 0.25, BatchNorm, 1 stream + FNet + 1 RRNet step; trained from random "
         "initialisation on 2 CPU cores (infra/presets/cpu.yaml) on BSDS500 synthesis and Shi's 604 pairs",
     ),
@@ -74,17 +78,17 @@ def is_name(text: str) -> bool:
 
 
 def load_model(name_or_path: str, map_location: str | torch.device = "cpu") -> tuple[MultiStreamBTBNet, int | None]:
-    """A `--model` argument's model, in eval mode, and the longer side (px) it was trained at.
+    """A `--model` argument's model, in eval mode, and the longer side (px) it should see.
 
     name_or_path: a released model's name (its checked weights, its `Released.max_size`) or a
-    checkpoint file (its `extra["max_size"]`, None if it has none). A missing or unreadable
+    checkpoint file (its `extra["max_size"]`, the scale it was trained at; None if it has none). A missing or unreadable
     file raises FileNotFoundError or ValueError naming it; an unknown name is taken as a path.
     An MLflow model URI (`models:/btbnet@candidate`, `runs:/<id>/btbnet-finetune`, …: a model
     the pipeline logged) is read through MLflow, if installed (`mlflow_checkpoint`).
     """
     if is_name(name_or_path):
-        path, trained_at = weights_path(name_or_path), released(name_or_path).max_size
-        return load_checkpoint(path, map_location=map_location), trained_at
+        path, scale = weights_path(name_or_path), released(name_or_path).max_size
+        return load_checkpoint(path, map_location=map_location), scale
     if name_or_path.startswith(MLFLOW_SCHEMES):
         with tempfile.TemporaryDirectory(prefix="btbnet-mlflow-") as tmp:
             path = mlflow_checkpoint(name_or_path, Path(tmp))

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT, metavar="NAME_OR_CKPT",
                         help=f"a released model (default {DEFAULT}) or a checkpoint written by btbnet training")
     parser.add_argument("--max-size", type=positive_int, metavar="N",
-                        help="run the model on images downscaled to at most N px (default: the model's training scale)")
+                        help="run the model on images downscaled to at most N px (default: a released model's scale; a checkpoint's training scale)")
     parser.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="M",
                         help=f"refuse an image the model would see at more than M pixels (default: {MAX_PIXELS:,})")
     add_tta_argument(parser)

@@ -258,7 +258,7 @@ def test_console_script():
 
 @pytest.fixture
 def released_tiny(checkpoint, tmp_path, monkeypatch):
-    """`checkpoint` registered as the released default model, trained at 24 px."""
+    """`checkpoint` registered as the released default model, run at 24 px (trained at 20)."""
     import hashlib
 
     from btbnet import pretrained
@@ -268,7 +268,7 @@ def released_tiny(checkpoint, tmp_path, monkeypatch):
     shutil.copy(checkpoint, weights / "tiny.pt")
     digest = hashlib.sha256((weights / "tiny.pt").read_bytes()).hexdigest()
     monkeypatch.setattr(pretrained, "WEIGHTS", weights)
-    monkeypatch.setitem(pretrained.MODELS, pretrained.DEFAULT, pretrained.Released("tiny.pt", digest, 24, "test"))
+    monkeypatch.setitem(pretrained.MODELS, pretrained.DEFAULT, pretrained.Released("tiny.pt", digest, max_size=24, trained_at=20, summary="test"))
     return weights / "tiny.pt"
 
 
@@ -278,7 +278,7 @@ def test_predict_without_model_uses_the_released_one_at_its_scale(released_tiny,
     monkeypatch.chdir(tmp_path)
     assert main(["predict", "photo.png"]) == 0
     written = np.asarray(Image.open(tmp_path / "maps" / "photo.png"))  # the default --out
-    expected = default_map(load_checkpoint(released_tiny), image, max_size=24)  # the model's training scale
+    expected = default_map(load_checkpoint(released_tiny), image, max_size=24)  # the release's run scale
     np.testing.assert_array_equal(written, expected)
     assert not np.array_equal(written, default_map(load_checkpoint(released_tiny), image))
 

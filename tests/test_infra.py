@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from btbnet.config import deep_merge, flatten
+from btbnet.pretrained import DEFAULT, released
 from pipeline.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -373,15 +374,17 @@ def test_dvc_reads_quoted_strings_back_as_the_same_strings(tmp_path: Path) -> No
     assert yaml.safe_load(path.read_text()) == values
 
 
-def test_cpu_preset_trains_and_predicts_at_one_scale(tmp_path: Path) -> None:
-    """Defocus is a property of scale: synthesis, training crops and evaluation share one size."""
+def test_cpu_preset_trains_at_one_scale_and_scores_at_the_released_model_s(tmp_path: Path) -> None:
+    """Defocus is a property of scale: synthesis and training crops share one size; evaluation
+    sees photos at the scale the released model is run at (chosen on val, near the training one)."""
     cpu = yaml.safe_load((REPO_ROOT / "infra" / "presets" / "cpu.yaml").read_text())
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), cpu)))
     c = configure_all(path)
-    sizes = {c["synthesize"].max_size, c["pretrain"].train.input.max_size, c["finetune"].train.input.max_size,
-             c["evaluate"].evaluate.max_size}  # fmt: skip
-    assert sizes == {320}
+    sizes = {c["synthesize"].max_size, c["pretrain"].train.input.max_size, c["finetune"].train.input.max_size}
+    release = released(DEFAULT)
+    assert sizes == {release.trained_at} == {320}
+    assert c["evaluate"].evaluate.max_size == release.max_size == 416
     assert c["pretrain"].model.norm == "batch" and c["pretrain"].vgg16_weights is None  # from random init
     assert c["finetune"].exclude == tuple((REPO_ROOT / "data" / "splits" / "cuhk_val.txt").read_text().split())
     val = c["evaluate"].sets.test_sets[0]

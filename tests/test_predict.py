@@ -522,8 +522,10 @@ def test_the_tta_bench_scores_each_setting_as_evaluate_does(tmp_path):
     assert rows[0]["f_measure"] != rows[1]["f_measure"]
 
 
-def test_the_readme_picture_script_tiles_photo_truth_and_map_of_the_split_s_first_stems(tmp_path, capsys):
-    """docs/make_example.py, which draws the README's picture, on the embedded test pairs."""
+@pytest.mark.parametrize("max_size", [None, 48])
+def test_the_readme_picture_script_tiles_photo_truth_and_map_of_the_split_s_first_stems(tmp_path, capsys, max_size):
+    """docs/make_example.py, which draws the README's picture, on the embedded test pairs, the
+    model seeing them at its own scale or at --max-size."""
     import importlib.util
 
     from btbnet.evaluation import evaluate
@@ -537,18 +539,20 @@ def test_the_readme_picture_script_tiles_photo_truth_and_map_of_the_split_s_firs
     data = REPO / "data" / "embedded" / "defocus" / "test"
     (tmp_path / "split.txt").write_text("defocus_0043\n# a comment\ndefocus_0041\ndefocus_0050\n")
     out = tmp_path / "example.png"
-    script.main(["--data", str(data), "--stems", str(tmp_path / "split.txt"), "--count", "2", "--width", "32", "--out", str(out)])
+    scale = ["--max-size", str(max_size)] if max_size else []
+    script.main(["--data", str(data), "--stems", str(tmp_path / "split.txt"), "--count", "2", "--width", "32", "--out", str(out)] + scale)
     picture = np.asarray(Image.open(out))
     assert picture.shape == (2 * 33 + 1, 3 * 33 + 1, 3)  # 2 rows × 3 tiles of 32×32 (96×96 shrunk), 1 px gaps
-    model, trained_at = load_model(DEFAULT)
+    model, own_scale = load_model(DEFAULT)
+    seen_at = max_size or own_scale
     for row, stem in enumerate(["defocus_0041", "defocus_0043"]):  # in the folder's order
         image = np.asarray(Image.open(data / "image" / f"{stem}.png").convert("RGB"))
         blurred = np.asarray(Image.open(data / "gt" / f"{stem}.png").convert("L"))
         y = 1 + row * 33
-        for col, tile in enumerate([image, 255 - blurred, predict_map(model, image, max_size=trained_at)]):
+        for col, tile in enumerate([image, 255 - blurred, predict_map(model, image, max_size=seen_at)]):
             want = resize(tile, (32, 32), Image.Resampling.BILINEAR)
             got = picture[y : y + 32, 1 + col * 33 : 33 + col * 33]
             assert np.array_equal(got, np.repeat(want[..., None], 3, axis=2) if want.ndim == 2 else want), (stem, col)
-    paper = evaluate({"m": lambda im: predict_map(model, im, max_size=trained_at)}, data, "blurred", progress=False,
+    paper = evaluate({"m": lambda im: predict_map(model, im, max_size=seen_at)}, data, "blurred", progress=False,
                      stems=["defocus_0041", "defocus_0043"]).results["m"]["paper"]  # fmt: skip
     assert capsys.readouterr().out == f"{out}: defocus_0043, defocus_0041: F {paper['f_measure']:.3f}, MAE {paper['mae']:.3f}\n"
