@@ -3,7 +3,7 @@
 Scores a model on a test folder (image/ + gt/, `btbnet.evaluation.evaluate`, both protocols of
 `btbnet.metrics`, at each image's native resolution) once per `--tta` setting of
 `btbnet predict` (`btbnet.predict.VIEWS`: none, flip, dihedral), the model seeing each image at
-`--max-size` (default: the scale it was trained at), and times the forward passes.
+`--max-size` (default: the model's own scale, as `btbnet predict`), and times the forward passes.
 
     python bench/bench_tta.py [--model NAME_OR_CKPT] [--data FOLDER] [--polarity blurred|in_focus]
                               [--stems SPLIT_FILE] [--views none flip dihedral] [--max-size N]
@@ -65,13 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--polarity", default="blurred", choices=("blurred", "in_focus"), help="what white means in the masks")
     parser.add_argument("--stems", type=Path, help="a split file: score only these stems")
     parser.add_argument("--views", nargs="+", default=list(VIEWS), choices=list(VIEWS))
-    parser.add_argument("--max-size", type=int, help="longer side the model sees (default: its training scale)")
+    parser.add_argument("--max-size", type=int, help="longer side the model sees (default: the model's own scale: a release's, or a checkpoint's training scale)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, trained_at = load_model(args.model)
-    max_size = args.max_size or trained_at
+    model, scale = load_model(args.model)
+    max_size = args.max_size or scale
     stems = args.stems.read_text().split() if args.stems else None
     print(f"# {args.model} on {args.data} ({len(stems) if stems else 'all'} images) at max_size {max_size}, "
           f"{args.threads} threads, {platform.processor() or platform.machine()}")  # fmt: skip

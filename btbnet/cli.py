@@ -144,10 +144,10 @@ def run_predict(args: argparse.Namespace) -> int:
     # predict_paths checks every input and output name before it writes the first file.
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
-    model, trained_at = load_model(args.model, map_location=args.device)
+    model, scale = load_model(args.model, map_location=args.device)
     speed = SpeedConfig(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
     model = speed.prepare(with_views(model, args.tta))
-    max_size = args.max_size or trained_at
+    max_size = args.max_size or scale
     use_all_cores()  # unless OMP_NUM_THREADS says otherwise
     start = time.perf_counter()
     try:

@@ -4,7 +4,7 @@ Each released checkpoint ships inside the package (`btbnet/weights/`), with the 
 run at: defocus is a property of scale, so its maps are only right when the photograph is shown
 to it at that scale, `predict_map(model, image, max_size=released.max_size)` (what `btbnet
 predict` does when `--model` is a name or absent). That scale was chosen on the validation
-split, near the scale it was trained at (`trained_at`). The model cards are in `docs/models.md`.
+split, near the scale it was trained at (which the checkpoint records, `extra["max_size"]`). The model cards are in `docs/models.md`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class Released:
-    """A released checkpoint: its file in btbnet/weights/, SHA-256, the longer side (px) that
-    photographs are shrunk to before the model sees them, and the one its training pairs were
-    shrunk to (`trained_at`)."""
+    """A released checkpoint: its file in btbnet/weights/, SHA-256, and the longer side (px) that
+    photographs are shrunk to before the model sees them (the training scale is the checkpoint's
+    own `extra["max_size"]`)."""
 
     file: str
     sha256: str
     max_size: int | None
-    trained_at: int | None
     summary: str
 
 
@@ -39,8 +38,7 @@ MODELS: dict[str, Released] = {
     "btbnet-cpu": Released(
         file="btbnet-cpu.pt",
         sha256="c3844503c7961e7749469c0a287ad2f2a8ed540b34e26ac19cdd80230d74abee",
-        max_size=416,  # 1.3 × trained_at: the best of 256…640 on the validation split (README, "Inference scale")
-        trained_at=320,
+        max_size=416,  # 1.3 × its training scale, 320: the best of 256…640 on the validation split (README, "Inference scale")
         summary="fast variant, width 0.25, BatchNorm, 1 stream + FNet + 1 RRNet step; trained from random "
         "initialisation on 2 CPU cores (infra/presets/cpu.yaml) on BSDS500 synthesis and Shi's 604 pairs",
     ),

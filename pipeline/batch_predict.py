@@ -177,9 +177,9 @@ def batch_predict(
     """
     import ray
 
-    _, trained_at = load_model(model)  # a bad model or views name is refused before any work
+    _, scale = load_model(model)  # a bad model or views name is refused before any work
     check_views(tta, "tta")
-    max_size = max_size or trained_at
+    max_size = max_size or scale
     todo, skipped = plan(in_dir, out_dir, max_size, max_pixels)
     if not todo:
         return Summary(0, skipped, [])

@@ -258,7 +258,7 @@ def test_console_script():
 
 @pytest.fixture
 def released_tiny(checkpoint, tmp_path, monkeypatch):
-    """`checkpoint` registered as the released default model, run at 24 px (trained at 20)."""
+    """`checkpoint` registered as the released default model, run at 24 px."""
     import hashlib
 
     from btbnet import pretrained
@@ -268,7 +268,7 @@ def released_tiny(checkpoint, tmp_path, monkeypatch):
     shutil.copy(checkpoint, weights / "tiny.pt")
     digest = hashlib.sha256((weights / "tiny.pt").read_bytes()).hexdigest()
     monkeypatch.setattr(pretrained, "WEIGHTS", weights)
-    monkeypatch.setitem(pretrained.MODELS, pretrained.DEFAULT, pretrained.Released("tiny.pt", digest, max_size=24, trained_at=20, summary="test"))
+    monkeypatch.setitem(pretrained.MODELS, pretrained.DEFAULT, pretrained.Released("tiny.pt", digest, 24, "test"))
     return weights / "tiny.pt"
 
 

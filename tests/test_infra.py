@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from btbnet.config import deep_merge, flatten
-from btbnet.pretrained import DEFAULT, released
+from btbnet.checkpoint import read_checkpoint
+from btbnet.pretrained import DEFAULT, released, weights_path
 from pipeline.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -382,9 +383,9 @@ def test_cpu_preset_trains_at_one_scale_and_scores_at_the_released_model_s(tmp_p
     path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), cpu)))
     c = configure_all(path)
     sizes = {c["synthesize"].max_size, c["pretrain"].train.input.max_size, c["finetune"].train.input.max_size}
-    release = released(DEFAULT)
-    assert sizes == {release.trained_at} == {320}
-    assert c["evaluate"].evaluate.max_size == release.max_size == 416
+    trained_at = read_checkpoint(weights_path(DEFAULT))["extra"]["max_size"]  # what the release records
+    assert sizes == {trained_at} == {320}
+    assert c["evaluate"].evaluate.max_size == released(DEFAULT).max_size == 416
     assert c["pretrain"].model.norm == "batch" and c["pretrain"].vgg16_weights is None  # from random init
     assert c["finetune"].exclude == tuple((REPO_ROOT / "data" / "splits" / "cuhk_val.txt").read_text().split())
     val = c["evaluate"].sets.test_sets[0]
