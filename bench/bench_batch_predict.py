@@ -1,7 +1,7 @@
 """Throughput of batch inference: `btbnet predict` at batch 1 and 4, the Ray Data path with 1 and 2 actors.
 
 N synthetic photographs of one size (JPEG, a sharp half and a blurred half) in a temporary
-folder, a released model (default `btbnet-cpu`, at its training scale) or a checkpoint:
+folder, a released model (default `btbnet-cpu`) or a checkpoint, at `--max-size` (default: the model's own scale):
 
     predict   `btbnet.predict.predict_paths`, what `btbnet predict --batch-size B` runs, in this
               process on torch's threads as the CLI sets them (`use_all_cores`; `--threads`
@@ -16,7 +16,7 @@ folder, a released model (default `btbnet-cpu`, at its training scale) or a chec
 Every run writes all N maps into a fresh folder; images/s = N / seconds; each row is the median
 of `--repeats` runs, the rows taking turns (every run's seconds are in the JSON).
 
-    python bench/bench_batch_predict.py [--images 32] [--size 640x480] [--model NAME_OR_CKPT]
+    python bench/bench_batch_predict.py [--images 32] [--size 640x480] [--model NAME_OR_CKPT] [--max-size N]
                                         [--batch-sizes 1 4] [--actors 1 2] [--ray-batch-size 4]
                                         [--threads N] [--repeats 3] [--address HOST:PORT] [--json OUT]
 """
@@ -55,23 +55,24 @@ def make_images(folder: Path, count: int, size: tuple[int, int]) -> None:
         texture.save(folder / f"{i:04d}.jpg", quality=90)
 
 
-def bench_predict(model_name: str, folder: Path, tmp: Path, batch_size: int, threads: int) -> dict[str, Any]:
-    """One `predict_paths` run over `folder` after a warm-up; its row."""
-    model, trained_at = load_model(model_name)
+def bench_predict(model_name: str, folder: Path, tmp: Path, batch_size: int, threads: int, max_size: int | None) -> dict[str, Any]:
+    """One `predict_paths` run over `folder` after a warm-up, at `max_size` (None: the model's own); its row."""
+    model, scale = load_model(model_name)
+    max_size = max_size or scale
     warm = sorted(folder.iterdir())[:2]
-    predict_paths(model, warm, tmp / f"warm-{batch_size}", max_size=trained_at, progress=False, batch_size=batch_size)
+    predict_paths(model, warm, tmp / f"warm-{batch_size}", max_size=max_size, progress=False, batch_size=batch_size)
     start = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix=f"predict-{batch_size}-", dir=tmp))
-    written = predict_paths(model, [folder], out, max_size=trained_at, progress=False, batch_size=batch_size)
+    written = predict_paths(model, [folder], out, max_size=max_size, progress=False, batch_size=batch_size)
     seconds = time.perf_counter() - start
     return {"path": "btbnet predict", "actors": "–", "batch": batch_size, "threads": threads,
             "images": len(written), "seconds": seconds, "first_s": None, "steady": None}  # fmt: skip
 
 
-def bench_ray(model_name: str, folder: Path, tmp: Path, actors: int, batch_size: int) -> dict[str, Any]:
+def bench_ray(model_name: str, folder: Path, tmp: Path, actors: int, batch_size: int, max_size: int | None) -> dict[str, Any]:
     """One `batch_predict` run on the connected Ray instance; its row."""
     out = Path(tempfile.mkdtemp(prefix=f"ray-{actors}-", dir=tmp))
-    summary = batch_predict.batch_predict(folder, out, model_name, batch_size=batch_size, actors=actors)
+    summary = batch_predict.batch_predict(folder, out, model_name, max_size=max_size, batch_size=batch_size, actors=actors)
     assert summary.done and not summary.errors and not summary.skipped, summary
     t = summary.timing
     return {"path": "Ray Data", "actors": actors, "batch": batch_size, "threads": batch_predict.CPUS_PER_ACTOR,
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32, help="synthetic images (default 32)")
     parser.add_argument("--size", default="640x480", help="their size, WxH (default 640x480)")
     parser.add_argument("--model", default=DEFAULT, help=f"a released model or a checkpoint (default {DEFAULT})")
+    parser.add_argument("--max-size", type=int, help="longer side the model sees (default: the model's own scale)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="btbnet predict's --batch-size")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="Ray Data actor pool sizes")
     parser.add_argument("--ray-batch-size", type=int, default=4, help="batch_predict's --batch-size (default 4)")
@@ -130,8 +132,8 @@ def main() -> None:
         start = time.perf_counter()
         batch_predict.connect(args.address)
         ray_start = time.perf_counter() - start
-        runs = [partial(bench_predict, args.model, folder, tmp, b, threads) for b in args.batch_sizes]
-        runs += [partial(bench_ray, args.model, folder, tmp, a, args.ray_batch_size) for a in args.actors]
+        runs = [partial(bench_predict, args.model, folder, tmp, b, threads, args.max_size) for b in args.batch_sizes]
+        runs += [partial(bench_ray, args.model, folder, tmp, a, args.ray_batch_size, args.max_size) for a in args.actors]
         try:
             rows = median_runs(runs, args.repeats)
         finally:

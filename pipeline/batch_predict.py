@@ -172,8 +172,8 @@ def batch_predict(
 ) -> Summary:
     """Write the missing maps of `in_dir` into `out_dir` (see the module doc); what was done.
 
-    max_size: None: the scale the model was trained at (as `btbnet predict`). actors: None: one
-    per CPU of the Ray cluster. Ray is started (or joined) only when there is work to do.
+    max_size: None: the model's own scale (as `btbnet predict`: a release's, or a checkpoint's
+    training scale). actors: None: one per CPU of the Ray cluster. Ray is started (or joined) only when there is work to do.
     """
     import ray
 
