@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from .config import BTBNetConfig
-from .io import atomic_output, why_unreadable
+from .io import atomic_output, load_torch_file
 from .model import MultiStreamBTBNet, build_model
 
 FORMAT_VERSION = 1
@@ -51,12 +50,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        with warnings.catch_warnings():  # torch warns about the protocol of a foreign pickle
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as exc:  # a pickle with code, a truncated zip, not a torch file at all
-        raise ValueError(f"{path}: not a btbnet checkpoint ({why_unreadable(path, exc)})") from None
+    payload = load_torch_file(path, "a btbnet checkpoint", map_location, mmap=True)
     if not isinstance(payload, Mapping) or "config" not in payload or "state_dict" not in payload:
         raise ValueError(f"{path}: not a btbnet checkpoint (no config/state_dict)")
     return dict(payload)

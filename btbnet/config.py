@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-VARIANTS = ("paper", "fast")
+LITE0 = "efficientnet-lite0"
+VARIANTS = ("paper", "fast", LITE0)
 NORMS = ("none", "batch")
 
 
@@ -151,15 +152,20 @@ def check_int(key: str, value: Any, low: int, allow_none: bool = False) -> None:
 class BTBNetConfig:
     """Architecture of the multi-stream BTBNet with FRRNet (paper, section 3).
 
-    variant:      "paper" (VGG16 without pooling, section 3.1) or "fast" (pooling kept,
-                  top-bottom stream upsamples step by step).
-    width:        multiplier on every channel count; 1.0 is the paper's network.
+    variant:      "paper" (VGG16 without pooling, section 3.1), "fast" (pooling kept,
+                  top-bottom stream upsamples step by step), or "efficientnet-lite0" (not in
+                  the paper: EfficientNet-Lite0's ImageNet-trained stages as the bottom-top
+                  stream, the same FFIC steps joining them; `btbnet.model.LiteBackbone`).
+    width:        multiplier on every channel count the paper gives (for efficientnet-lite0:
+                  those of the top-bottom stream, FNet and RRNet; the encoder's are its own);
+                  1.0 is the paper's network.
     scales:       one BTBNet stream per entry (section 3.1, Table 2); (1, 0.8, 0.6) is the paper's.
                   Each must be in (0, 1]: a stream sees the image at most at its own size.
     rrnet_steps:  recurrent RRNet refinements (eq. 5); 0 means FNet alone, 3 is the paper's.
-    norm:         "none" (the paper's VGG16) or "batch": BatchNorm after every backbone conv,
+    norm:         "none" (the paper's VGG16) or "batch": BatchNorm after every VGG16 conv,
                   as torchvision's vgg16_bn, for training from random initialisation, where
                   it lets a network learn in a CPU budget (README, "Real photographs").
+                  efficientnet-lite0 has BatchNorm in its encoder whatever this says.
     """
 
     variant: str = "paper"

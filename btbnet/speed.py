@@ -71,4 +71,4 @@ class SpeedConfig:
 
 def fp32_logits(prediction: Prediction) -> Prediction:
     """The prediction's logits as fp32 (loss and metrics are computed in fp32)."""
-    return Prediction(final=prediction.final.float(), streams=[s.float() for s in prediction.streams])
+    return Prediction(prediction.final.float(), [s.float() for s in prediction.streams], [r.float() for r in prediction.refinements])

@@ -43,6 +43,10 @@ class OptimConfig:
     aux_weight:      αₙ of eq. 7: one number for every stream, or one per stream.
     loss_reduction:  "mean" (over pixels and batch) or "sum" (over pixels, mean over the
                      batch); see `btbnet.losses`.
+    iou_weight:      λ of the soft IoU region term added to every map's term (0: eq. 6 alone,
+                     the paper's); `btbnet.losses.soft_iou_loss`.
+    deep_supervision: the main term on FNet's map and every RRNet step too (false: the paper's
+                     eq. 7, on M_final and the streams only).
     schedule:        "constant" (the paper's) or "cosine": both rates decay along a half
                      cosine to min_lr_ratio × themselves at the last step of the run.
     warmup_steps:    linear warm-up from 0 over this many first steps (0: none).
@@ -57,6 +61,8 @@ class OptimConfig:
     weight_decay: float = 5e-4
     aux_weight: float | tuple[float, ...] = 1.0
     loss_reduction: str = "mean"
+    iou_weight: float = 0.0
+    deep_supervision: bool = False
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
@@ -74,6 +80,7 @@ class OptimConfig:
                 check_number("aux_weight", a, low=0.0)
         else:
             check_number("aux_weight", self.aux_weight, low=0.0)
+        check_number("iou_weight", self.iou_weight, low=0.0)
         if self.loss_reduction not in REDUCTIONS:
             raise ConfigError(f"loss_reduction: must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -165,7 +172,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     with speed.autocast(images.device):
         prediction = model(speed.layout(images))
-    terms = loss_terms(fp32_logits(prediction), masks, config.aux_weight, config.loss_reduction)
+    terms = loss_terms(fp32_logits(prediction), masks, config.aux_weight, config.loss_reduction, config.iou_weight, config.deep_supervision)
     check_finite(terms, step)
     scaler.scale(terms["total"]).backward()
     if config.clip_grad_norm is not None:

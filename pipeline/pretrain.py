@@ -1,9 +1,9 @@
 """Stage `pretrain`: train BTBNet + FNet + RRNet jointly on the synthetic set (section 4.1).
 
 Reads: `scales`, `rrnet_steps` and `model` (→ `btbnet.BTBNetConfig`), the recipe `train` with
-this stage's overrides, `pretrain` (outputs, `vgg16_weights`) and `synthesize.out_dir` (its data).
-The backbones start from ImageNet VGG16 when `pretrain.vgg16_weights` is set (section 3.3),
-the new layers at random; Ray Train runs DDP over `ray.num_workers` workers.
+this stage's overrides, `pretrain` (outputs, `backbone_weights`) and `synthesize.out_dir` (its data).
+The backbones start from ImageNet weights when `pretrain.backbone_weights` is set (section 3.3:
+VGG16's; EfficientNet-Lite0's for that variant), the new layers at random; Ray Train runs DDP over `ray.num_workers` workers.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ NAME = "pretrain"
 @dataclass(frozen=True)
 class PretrainConfig:
     """The `pretrain` section besides its recipe overrides: outputs and initialisation
-    (vgg16_weights: "imagenet", a path or URL of torchvision's VGG16 weights; None: random)."""
+    (backbone_weights: "imagenet", or a path of the backbone's ImageNet weights, for VGG16 also
+    an URL, `btbnet.build_model`; None: random)."""
 
     model: str
     metrics: str
     plots: str
-    vgg16_weights: str | None = None
+    backbone_weights: str | None = None
 
 
 def configure(params: Params) -> StageSpec:
@@ -41,12 +42,12 @@ def configure(params: Params) -> StageSpec:
         plots=resolve(own.plots),
         train=train_config(params, NAME),
         model=model_config(params),
-        vgg16_weights=weights_source(own.vgg16_weights),
+        backbone_weights=weights_source(own.backbone_weights),
     )
 
 
 def weights_source(source: str | None) -> str | None:
-    """`vgg16_weights` with a file path made absolute (the workers run elsewhere); "imagenet"
+    """`backbone_weights` with a file path made absolute (the workers run elsewhere); "imagenet"
     and URLs as they are."""
     if source is None or source == "imagenet" or "://" in source:
         return source

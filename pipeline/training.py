@@ -163,7 +163,7 @@ class StageSpec:
     train: TrainConfig
     model: BTBNetConfig  # the architecture (for finetune: the pre-trained checkpoint's)
     init_checkpoint: str | Path | None = None  # start from these weights (a path or URI) …
-    vgg16_weights: str | None = None  # … or from ImageNet VGG16 backbones (section 3.3), or random
+    backbone_weights: str | None = None  # … or from ImageNet backbones (section 3.3), or random
     exclude: tuple[str, ...] = ()  # stems of `data` held out (a validation split)
     registered_model: str | None = None  # the MLflow registry name the final model gets a version of
 
@@ -252,7 +252,7 @@ def ship_inputs(spec: StageSpec, data: Path, store: RunStore, data_digest: str |
         return store.upload(Path(path), f"inputs/{digest or content_digest(Path(path))}")
 
     shipped_data = spec.data if is_uri(spec.data) else ship(data, data_digest)
-    return replace(spec, data=shipped_data, init_checkpoint=ship(spec.init_checkpoint), vgg16_weights=ship(spec.vgg16_weights))
+    return replace(spec, data=shipped_data, init_checkpoint=ship(spec.init_checkpoint), backbone_weights=ship(spec.backbone_weights))
 
 
 class ResumableSampler(DistributedSampler):
@@ -388,10 +388,10 @@ def fit_worker(config: dict[str, Any], attempts: Any) -> None:
     if spec.init_checkpoint:
         model = load_checkpoint(local_folder(spec.init_checkpoint)).train()
     else:
-        weights = spec.vgg16_weights  # "imagenet", a path, an http(s) URL, or shipped (`ship_inputs`)
+        weights = spec.backbone_weights  # "imagenet", a path, an http(s) URL, or shipped (`ship_inputs`)
         if is_uri(weights) and not weights.startswith(("http://", "https://")):
             weights = str(local_folder(weights))
-        model = build_model(spec.model, vgg16_weights=weights)
+        model = build_model(spec.model, backbone_weights=weights)
     optimizer = make_optimizer(model, t.optim)
     dataset = spec.dataset()
     loader = make_loader(dataset, t, rank, world)
@@ -491,7 +491,7 @@ def run_key(spec: StageSpec, data_digest: str | None = None) -> str:
     code = sorted(Path(m.__file__) for m in list(sys.modules.values()) if getattr(m, "__file__", None)
                   and Path(m.__file__).is_relative_to(REPO_ROOT) and Path(m.__file__).relative_to(REPO_ROOT).parts[0] in ("btbnet", "pipeline"))  # fmt: skip
     digest.update((data_digest or content_digest(local_folder(spec.data))).encode())
-    hash_files(digest, code + [Path(p) for p in (spec.init_checkpoint, spec.vgg16_weights) if p and not is_uri(p) and Path(p).is_file()])
+    hash_files(digest, code + [Path(p) for p in (spec.init_checkpoint, spec.backbone_weights) if p and not is_uri(p) and Path(p).is_file()])
     return digest.hexdigest()[:16]
 
 
@@ -706,11 +706,11 @@ def log_data(spec: StageSpec, dataset: PairDataset, digest: str) -> None:
 
 def check_init(spec: StageSpec) -> None:
     """The initial weights load into the stage's model: checked in the driver, before Ray."""
-    if spec.vgg16_weights is not None:
+    if spec.backbone_weights is not None:
         try:
-            build_model(spec.model, vgg16_weights=spec.vgg16_weights)
+            build_model(spec.model, backbone_weights=spec.backbone_weights)
         except (ConfigError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
-            raise ParamsError(f"{spec.name}.vgg16_weights: {exc.args[0] if exc.args else exc}") from None
+            raise ParamsError(f"{spec.name}.backbone_weights: {exc.args[0] if exc.args else exc}") from None
 
 
 def train_stage(spec: StageSpec) -> None:
@@ -722,7 +722,7 @@ def train_stage(spec: StageSpec) -> None:
         "model": spec.model.to_dict(),
         "train": to_dict(spec.train),
         "data": str(spec.data),
-        "init": str(spec.init_checkpoint or spec.vgg16_weights or "random"),
+        "init": str(spec.init_checkpoint or spec.backbone_weights or "random"),
     }
     data_digest = content_digest(dataset.root)  # the data read once: run key, upload, MLflow input
     key, store = run_key(spec, data_digest), RunStore(spec.train.ray.storage)

@@ -257,7 +257,7 @@ def test_paper_preset_is_the_papers_recipe(tmp_path: Path, paper: dict[str, Any]
     c = configure_all(path)
     pre, fine = c["pretrain"], c["finetune"]
     assert (pre.model.width, pre.model.variant, pre.model.scales, pre.model.rrnet_steps) == (1.0, "paper", (1.0, 0.8, 0.6), 3)
-    assert pre.vgg16_weights == "imagenet"
+    assert pre.backbone_weights == "imagenet"
     for t in (pre.train, fine.train):
         assert (t.optim.lr_backbone, t.optim.lr_new, t.optim.momentum, t.optim.weight_decay) == (1e-4, 1e-3, 0.9, 5e-4)
         assert (t.ray.num_workers, t.ray.use_gpu, t.input.image_size) == (8, True, None)
@@ -386,7 +386,7 @@ def test_cpu_preset_trains_at_one_scale_and_scores_at_the_released_model_s(tmp_p
     trained_at = read_checkpoint(weights_path(DEFAULT))["extra"]["max_size"]  # what the release records
     assert sizes == {trained_at} == {320}
     assert c["evaluate"].evaluate.max_size == released(DEFAULT).max_size == 416
-    assert c["pretrain"].model.norm == "batch" and c["pretrain"].vgg16_weights is None  # from random init
+    assert c["pretrain"].model.norm == "batch" and c["pretrain"].backbone_weights is None  # from random init
     assert c["finetune"].exclude == tuple((REPO_ROOT / "data" / "splits" / "cuhk_val.txt").read_text().split())
     val = c["evaluate"].sets.test_sets[0]
     assert (val.name, val.folder, val.stems) == ("val", "cuhk/train", "data/splits/cuhk_val.txt")

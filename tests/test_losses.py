@@ -111,3 +111,72 @@ def test_integer_masks_are_accepted():
     assert loss_total(tiny_prediction(), target).item() == pytest.approx(
         loss_total(tiny_prediction(), as_map(TARGET)).item()
     )
+
+
+# --- beyond the paper: the soft IoU region term and deep supervision ---------------------------
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def hand_iou_loss(logits: list[list[float]], eps: float = 1.0) -> float:
+    """1 − (Σ p·g + eps) / (Σ (p + g − p·g) + eps) over the one 2×2 image, written out."""
+    pairs = [(sigmoid(m), g) for row_m, row_g in zip(logits, TARGET) for m, g in zip(row_m, row_g)]
+    inter = sum(p * g for p, g in pairs)
+    union = sum(p + g - p * g for p, g in pairs)
+    return 1 - (inter + eps) / (union + eps)
+
+
+REFINED = [[2.0, -1.0], [-2.0, 1.0]]
+
+
+def test_iou_term_adds_lambda_times_the_soft_iou_loss_to_every_map():
+    terms = loss_terms(tiny_prediction(), as_map(TARGET), iou_weight=0.5)
+    assert set(terms) == {"main", "aux_0", "aux_1", "total"}
+    for name, logits in [("main", FINAL), ("aux_0", STREAM_A), ("aux_1", STREAM_B)]:
+        assert terms[name].item() == pytest.approx(hand_mean(logits) + 0.5 * hand_iou_loss(logits))
+    assert terms["total"].item() == pytest.approx(sum(terms[k].item() for k in ("main", "aux_0", "aux_1")))
+
+
+def test_soft_iou_loss_bounds_and_the_all_blurred_image():
+    from btbnet.losses import soft_iou_loss
+
+    target = as_map([[1.0, 1.0], [0.0, 0.0]])
+    perfect = as_map([[30.0, 30.0], [-30.0, -30.0]])
+    assert soft_iou_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-9)
+    assert soft_iou_loss(-perfect, target).item() == pytest.approx(1 - 1 / 5, abs=1e-9)  # no overlap: only eps left
+    blurred = torch.zeros_like(target)  # no in-focus pixel at all: a map of zeros is right, loss 0
+    assert soft_iou_loss(as_map([[-30.0, -30.0], [-30.0, -30.0]]), blurred).item() == pytest.approx(0.0, abs=1e-9)
+    two = torch.cat([perfect, -perfect])  # per image, then the batch mean
+    assert soft_iou_loss(two, torch.cat([target, target])).item() == pytest.approx(0.4, abs=1e-9)
+
+
+def test_deep_supervision_adds_a_term_per_refinement_and_only_when_asked():
+    prediction = tiny_prediction()._replace(refinements=[as_map(REFINED), as_map(STREAM_B)])
+    plain = loss_terms(prediction, as_map(TARGET))
+    assert "refine_0" not in plain  # eq. 7 as the paper has it
+    deep = loss_terms(prediction, as_map(TARGET), deep_supervision=True, aux_weight=0.5)
+    assert deep["refine_0"].item() == pytest.approx(hand_mean(REFINED))
+    assert deep["refine_1"].item() == pytest.approx(hand_mean(STREAM_B))
+    expected = hand_mean(FINAL) + 0.5 * (hand_mean(STREAM_A) + hand_mean(STREAM_B)) + hand_mean(REFINED) + hand_mean(STREAM_B)
+    assert deep["total"].item() == pytest.approx(expected)
+
+
+def test_deep_supervision_reaches_every_rrnet_step_of_the_model():
+    """The model's refinements are FNet's map and each RRNet step before the last; with deep
+    supervision each one's term sends a gradient into FNet directly."""
+    from btbnet import BTBNetConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(BTBNetConfig(variant="fast", width=0.0625, scales=(1.0,), rrnet_steps=3))
+    image, target = torch.rand(2, 3, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
+    out = model(image)
+    assert len(out.refinements) == 3
+    with torch.no_grad():
+        fused = model.fnet(out.streams, (image - model.mean) / model.std)
+    torch.testing.assert_close(out.refinements[0], fused)
+    terms = loss_terms(out, target, deep_supervision=True, iou_weight=1.0)
+    assert [k for k in terms if k.startswith("refine_")] == ["refine_0", "refine_1", "refine_2"]
+    grad = torch.autograd.grad(terms["refine_0"], model.fnet.convs[-1].weight)[0]
+    assert grad.abs().sum() > 0  # the unrolled path ends at FNet's output: its own term reaches it

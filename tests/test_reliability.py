@@ -148,14 +148,14 @@ BAD_WEIGHTS = {
 
 
 @pytest.mark.parametrize(("make", "message"), BAD_WEIGHTS.values(), ids=BAD_WEIGHTS.keys())
-def test_bad_vgg16_weights_fail_before_ray(repo, make, message):
+def test_bad_backbone_weights_fail_before_ray(repo, make, message):
     fake_synthetic_set(repo)
     weights = make(repo / "vgg16.pth")
-    write_params(repo, {"pretrain": {"vgg16_weights": "vgg16.pth"}})
+    write_params(repo, {"pretrain": {"backbone_weights": "vgg16.pth"}})
     done = run_stage(repo, "pretrain")
     assert done.returncode == 2, describe(done)
     line = error_line(done.stderr, "pretrain")
-    assert line.startswith(f"pretrain: error: pretrain.vgg16_weights: {weights}: ") and message in line
+    assert line.startswith(f"pretrain: error: pretrain.backbone_weights: {weights}: ") and message in line
     assert "weights_only" not in done.stderr and "Ray" not in done.stderr
     assert not (repo / "mlflow.db").exists()  # no MLflow run was started
     assert_no_outputs(repo, "pretrain")

@@ -114,11 +114,11 @@ def test_a_storage_uri_ships_every_local_input_to_the_workers(spec, tmp_path):
     the same content; a second stage run with the same inputs uploads nothing again."""
     init = tmp_path / "init.pt"
     save_checkpoint(build_model(spec.model), init)
-    spec = dataclasses.replace(spec, init_checkpoint=init, vgg16_weights="imagenet")
+    spec = dataclasses.replace(spec, init_checkpoint=init, backbone_weights="imagenet")
     store = RunStore((tmp_path / "bucket").as_uri())
     shipped = ship_inputs(spec, spec.data, store)
     assert str(shipped.data).startswith(store.uri + "/inputs/") and str(shipped.init_checkpoint).startswith(store.uri + "/inputs/")
-    assert shipped.vgg16_weights == "imagenet"  # a name each node resolves for itself
+    assert shipped.backbone_weights == "imagenet"  # a name each node resolves for itself
     assert tree(local_folder(shipped.data)) | {".complete": b""} == tree(spec.data) | {".complete": b""}
     assert local_folder(shipped.init_checkpoint).read_bytes() == init.read_bytes()
     assert local_folder(shipped.init_checkpoint).name == "init.pt"
