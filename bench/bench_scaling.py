@@ -2,7 +2,7 @@
 
 The same model, data, batch and optimiser run as
   - plain:  `btbnet.train.train_epoch` in this process (one thread), no Ray;
-  - ray N:  `pipeline.training.run_training` (the stages' own loop: DDP, seeded sampler,
+  - ray N:  `pipeline.training.trainer.run_training` (the stages' own loop: DDP, seeded sampler,
             checkpoints, MLflow) with N workers of one CPU each, on a local Ray instance, or
             with `--address` on a running cluster (e.g. two `ray start` nodes).
 Per-step time is taken inside the loop, after 5 warm-up steps: for Ray, from the timestamps of
@@ -36,7 +36,10 @@ from btbnet import BTBNetConfig, build_model  # noqa: E402
 from btbnet.data import InputConfig  # noqa: E402
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, train_epoch  # noqa: E402
 from pipeline import stage  # noqa: E402
-from pipeline.training import RayConfig, RunStore, StageSpec, TrainConfig, make_loader, run_training  # noqa: E402
+from pipeline.training.config import RayConfig, StageSpec, TrainConfig  # noqa: E402
+from pipeline.training.store import RunStore  # noqa: E402
+from pipeline.training.trainer import run_training  # noqa: E402
+from pipeline.training.worker import make_loader  # noqa: E402
 
 DATA = REPO / "data/embedded/defocus/train"
 MODEL = BTBNetConfig(width=0.0625)

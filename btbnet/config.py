@@ -14,7 +14,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -41,9 +41,7 @@ def from_mapping(cls: type[T], d: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {sorted(fields)})")
+    check_known(d, fields, prefix)
     values = {}
     for name, f in fields.items():
         if name in d:
@@ -54,6 +52,13 @@ def from_mapping(cls: type[T], d: Mapping[str, Any], prefix: str = "") -> T:
         return cls(**values)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
+
+
+def check_known(d: Mapping[str, Any], known: Collection[str], prefix: str = "") -> None:
+    """ConfigError naming the first key of `d` that is not in `known`."""
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {sorted(known)})")
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

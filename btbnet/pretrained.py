@@ -9,7 +9,7 @@ split, near the scale it was trained at (which the checkpoint records, `extra["m
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, read_checkpoint
+from .io import file_sha256
 from .model import MultiStreamBTBNet
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -59,7 +60,7 @@ def weights_path(name: str) -> Path:
     path = WEIGHTS / entry.file
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the weights of {name!r} are missing from this installation")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     if digest != entry.sha256:
         raise ValueError(f"{path}: SHA-256 {digest[:12]}… is not the released {entry.sha256[:12]}… of {name!r}")
     return path
@@ -111,10 +112,17 @@ def mlflow_checkpoint(uri: str, folder: Path) -> Path:
         import mlflow.artifacts
     except ImportError:
         raise ValueError(f"{uri}: reading an MLflow model needs mlflow (pip install 'btbnet[pipeline]')") from None
+    # MLflow's INFO lines ("Creating initial MLflow database tables…") are not the caller's
+    # business; its warnings and errors still show.
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
     except Exception as exc:  # MlflowException and the store's own errors: one line for the user
         raise ValueError(f"{uri}: cannot read this MLflow model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    finally:
+        logger.setLevel(level)
     found = sorted(local.glob("extra_files/*.pt"))
     if len(found) != 1:
         raise ValueError(f"{uri}: not a model logged by the btbnet pipeline (no extra_files/*.pt checkpoint in it)")

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from btbnet.synthesis import disc_kernel  # the thin-lens PSF the "lens" synthesis mode uses too
+
 SEED = 2018
 DEFAULT_OUT = Path(__file__).resolve().parent / "embedded"
 
@@ -102,25 +104,6 @@ PHOTOS: tuple[Photo, ...] = (
 
 
 # --------------------------------------------------------------------------- defocus model
-
-
-def disc_kernel(radius: float, supersample: int = 8) -> np.ndarray:
-    """Pillbox PSF of a defocused thin lens: [K, K] float64 summing to 1.
-
-    Each tap is the share of its pixel covered by the disc of `radius` (sampled on a
-    `supersample`² grid), so non-integer radii give a smooth, anti-aliased rim. The pixel
-    at offset d spans [d - 0.5, d + 0.5], so K = 2·(ceil(r + 0.5) - 1) + 1 holds the disc.
-    """
-    if not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius: must be a number > 0, got {radius!r}")
-    half = int(math.ceil(radius + 0.5)) - 1
-    offsets = (np.arange(supersample) + 0.5) / supersample - 0.5  # sub-pixel centres
-    taps = np.arange(-half, half + 1, dtype=np.float64)
-    fine = (taps[:, None] + offsets[None, :]).reshape(-1)  # [K·s]
-    inside = fine[:, None] ** 2 + fine[None, :] ** 2 <= radius**2  # [K·s, K·s]
-    k = 2 * half + 1
-    kernel = inside.reshape(k, supersample, k, supersample).mean(axis=(1, 3))
-    return kernel / kernel.sum()
 
 
 def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ from btbnet.data import check_polarity, read_stems
 
 from . import stage
 from .params import Params, resolve, resolve_data
-from .training import BLOCKS, StageSpec, train_config, train_stage
+from .training.config import BLOCKS, StageSpec, train_config
+from .training.driver import train_stage
 
 NAME = "finetune"
 REGISTERED_MODEL = "btbnet"  # MLflow's model registry: a version per fine-tuning, alias `candidate`
@@ -24,7 +25,7 @@ REGISTERED_MODEL = "btbnet"  # MLflow's model registry: a version per fine-tunin
 class FinetuneConfig:
     """The `finetune` section besides its recipe overrides: the defocus training set `data`
     (image/ + gt/; a path, or a URI such as s3://bucket/cuhk/train that every Train worker
-    copies once into its node's cache, `pipeline.training.local_folder`), what white means in its masks, the outputs, and `exclude`: a file of
+    copies once into its node's cache, `pipeline.training.store.local_folder`), what white means in its masks, the outputs, and `exclude`: a file of
     stems (data/splits/) held out of training for validation (None: train on every pair)."""
 
     data: str

@@ -102,6 +102,11 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def is_uri(location: str | Path | None) -> bool:
+    """Whether a location is a URI (s3://…, gs://…, file://…, http://…) rather than a path."""
+    return location is not None and "://" in str(location)
+
+
 def resolve_data(location: str) -> str | Path:
-    """A data folder setting: a URI (s3://…, gs://…, file://…) as it is, a path resolved."""
-    return location if "://" in location else resolve(location)
+    """A data folder setting: a URI as it is, a path resolved."""
+    return location if is_uri(location) else resolve(location)

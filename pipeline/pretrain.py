@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from btbnet.config import BTBNetConfig, ConfigError, from_mapping
 
 from . import stage
-from .params import Params, ParamsError, resolve
-from .training import BLOCKS, StageSpec, train_config, train_stage
+from .params import Params, ParamsError, is_uri, resolve
+from .training.config import BLOCKS, StageSpec, train_config
+from .training.driver import train_stage
 
 NAME = "pretrain"
 
@@ -49,7 +50,7 @@ def configure(params: Params) -> StageSpec:
 def weights_source(source: str | None) -> str | None:
     """`backbone_weights` with a file path made absolute (the workers run elsewhere); "imagenet"
     and URLs as they are."""
-    if source is None or source == "imagenet" or "://" in source:
+    if source is None or source == "imagenet" or is_uri(source):
         return source
     return str(resolve(source))
 

@@ -15,6 +15,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -44,27 +45,32 @@ C = TypeVar("C", bound=StageConfig)
 
 
 def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None]) -> None:
-    """Read params.yaml, build the stage's config, remove its old outputs, run it.
-
-    Bad input ends the stage with `<stage>: error: <message>` on stderr and exit code 2; an
-    interruption with `<stage>: interrupted (<signal>)` and exit code 130.
-    """
+    """The stage's process: die with `dvc repro`, turn SIGTERM into an interrupt, keep the
+    console quiet, then `execute` and exit with its status."""
     die_with_parent()
     interrupt_on_sigterm()
     quiet()
+    sys.exit(execute(stage, configure, run))
+
+
+def execute(stage: str, configure: Callable[[Params], C], run: Callable[[C], None], params: Params | None = None) -> int:
+    """Read params.yaml (or take `params`), build the stage's config, remove its old outputs,
+    run it; the exit status: 0, 2 for bad input (`<stage>: error: <message>` on stderr) or 130
+    for an interruption (`<stage>: interrupted (<signal>); no output written`)."""
     try:
-        config = configure(load_params())
+        config = configure(load_params() if params is None else params)
         for path in config.outputs:  # none of a previous run's outputs may outlive a failed run
             remove(path)
         run(config)
     except ERRORS as exc:
         last_line(f"{stage}: error: {exc}")
-        sys.exit(2)
+        return 2
     except (KeyboardInterrupt, SystemExit) as exc:
         if (name := interruption(exc)) is None:
             raise
         last_line(f"{stage}: interrupted ({name}); no output written")
-        sys.exit(INTERRUPTED)
+        return INTERRUPTED
+    return 0
 
 
 def last_line(line: str) -> None:
@@ -188,13 +194,53 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on this machine now (the OS's choice), none of Ray's defaults
+    (`ray start` claims those for its own components)."""
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in RAY_DEFAULT_PORTS:
+                s.close()
+            else:
+                held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+# GCS, dashboard, client server and dashboard agent: what every `ray start` claims unless told otherwise.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+def state_api_address(address: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(`ray.init` arguments, environment of every Ray process) that tell Ray's processes where
+    the cluster `address` ("local": the instance `ray.init` starts) answers state queries.
+
+    Ray Train's placement-group cleaner asks Ray's state API whether the run is alive; given no
+    address it guesses the cluster from /tmp/ray/ray_current_cluster, which names the last
+    `ray start` on this machine (maybe long gone): each call then waits out a 10-s timeout and
+    the run's end prints a traceback. A local instance gets its dashboard (the state API's
+    server) on a port chosen here; a cluster is named by its own address.
+    """
+    if address != "local":
+        return {}, {"RAY_ADDRESS": address}
+    [port] = free_ports(1)
+    return {"include_dashboard": True, "dashboard_port": port}, {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+
+
 def init_ray(env_vars: dict[str, str] | None = None) -> bool:
     """Connect to $RAY_ADDRESS (a cluster, see infra/) or start a local Ray instance; True if
     local. `env_vars` are set for every Ray process of the job (with the MLflow settings).
 
-    The workers get the project's code through Ray's runtime environment (`py_modules`: this
-    checkout's btbnet/ and pipeline/, uploaded once per version), so the nodes of a cluster
-    need the dependencies only, not the repo at any path. Inside a Ray job submitted with
+    A local instance's processes are this one's children: they inherit its environment (where
+    `env_vars` go) and its working directory, the repo root, so they import this checkout's
+    code as it does. On a cluster the workers get the code through Ray's runtime environment
+    (`py_modules`: this checkout's btbnet/ and pipeline/, uploaded once per version), so its
+    nodes need the dependencies only, not the repo at any path; inside a Ray job submitted with
     `--working-dir` the job's runtime environment already carries the code to every worker.
     """
     import ray
@@ -206,13 +252,22 @@ def init_ray(env_vars: dict[str, str] | None = None) -> bool:
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY", "TORCH_HOME"):
         if var in os.environ:
             env[var] = os.environ[var]
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
-    code = {} if "working_dir" in job else {"py_modules": [str(REPO_ROOT / "btbnet"), str(REPO_ROOT / "pipeline")]}
+    kwargs, where = state_api_address(address)
+    if address == "local":
+        os.environ.update(env | where)
+        runtime_env: dict[str, Any] = {}
+    else:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env", {})
+        code = {} if "working_dir" in job else {"py_modules": [str(REPO_ROOT / "btbnet"), str(REPO_ROOT / "pipeline")]}
+        # Inside a Ray job, what the job's runtime env sets reaches every worker already, and Ray
+        # refuses a driver that sets the same variable again ("Failed to merge the Job's runtime env").
+        runtime_env = code | {"env_vars": {k: v for k, v in (env | where).items() if k not in job.get("env_vars", {})}}
     context = ray.init(
         address=address,
-        runtime_env=code | {"env_vars": env},
+        runtime_env=runtime_env,
         log_to_driver=True,
         logging_level="WARNING",
+        **kwargs,
     )
     interrupt_on_sigterm()  # ray.init installs its own handler (sys.exit)
     if getattr(context, "dashboard_url", None):

@@ -1,8 +1,9 @@
 """Stage `synthesize`: the paper's simulated pre-training set (section 4.1), on Ray Data.
 
-Reads `synthesize`. Each clear source image gives 20 samples (4 blurred halves × 5 Gaussian
-levels, `btbnet.synthesis`), written as `<out_dir>/image/<name>_<direction>_<level>.png` and
-`<out_dir>/gt/<same>.png` (255 = in focus). `btbnet.synthesis.encode_samples` runs inside
+Reads `synthesize`. Each clear source image gives 20 samples (`mode: paper`: 4 blurred halves ×
+5 Gaussian levels; `mode: lens`: shaped subjects against disc blur of varying radius;
+`btbnet.synthesis`), written as `<out_dir>/image/<name>_<direction>_<level>.png` (lens:
+`<name>_lens_<k>.png`) and `<out_dir>/gt/<same>.png` (255 = in focus). `btbnet.synthesis.encode_samples` runs inside
 `map_batches` (one stateless task per block, as many at once as there are CPUs, on any node of
 the cluster); the tasks get each source's bytes from the driver and send the PNGs back, and the
 driver writes them, named from the input: no node needs a file system shared with the driver,
@@ -22,7 +23,7 @@ import numpy as np
 from btbnet.augment import NUM_AUGMENTATIONS
 from btbnet.config import check_int, to_dict
 from btbnet.data import DataError, load_rgb
-from btbnet.synthesis import DIRECTIONS, LEVELS, Source, encode_samples, find_sources, sample_name, sample_paths
+from btbnet.synthesis import MODES, Source, encode_samples, find_sources, sample_names, sample_paths
 
 from . import stage
 from .figures import image_grid
@@ -36,19 +37,25 @@ NAME = "synthesize"
 class SynthesizeConfig:
     """source_root: the folder holding every source folder (the stage's DVC dependency);
     sources: folders of clear images below it, searched recursively; max_size: sources are
-    shrunk so their longer side is at most this (None: kept); blocks_per_cpu: Ray Data blocks
-    per available CPU."""
+    shrunk so their longer side is at most this (None: kept); mode: "paper" (section 4.1's
+    half-blurred images) or "lens" (shaped subjects, disc blur; `btbnet.synthesis`); seed: the
+    lens mode's draws; blocks_per_cpu: Ray Data blocks per available CPU."""
 
     source_root: str
     sources: tuple[str, ...]
     out_dir: str
     metrics: str
     max_size: int | None = None
+    mode: str = "paper"
+    seed: int = 0
     blocks_per_cpu: int = 4
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ParamsError("sources: must list at least one folder")
+        if self.mode not in MODES:
+            raise ParamsError(f"mode: must be one of {MODES}, got {self.mode!r}")
+        check_int("seed", self.seed, 0)
         check_int("max_size", self.max_size, 8, allow_none=True)
         check_int("blocks_per_cpu", self.blocks_per_cpu, 1)
 
@@ -61,7 +68,7 @@ def configure(params: Params) -> SynthesizeConfig:
     return params.build(SynthesizeConfig, NAME)
 
 
-def encode_batch(batch: dict[str, np.ndarray], max_size: int | None) -> dict[str, list[Any]]:
+def encode_batch(batch: dict[str, np.ndarray], max_size: int | None, mode: str, seed: int) -> dict[str, list[Any]]:
     """Ray Data batch function (a stateless task): each source's 20 samples as files, a row per
     file ("file": its path below the set, "data": its bytes); a bad source gives one row with
     its error and no file."""
@@ -71,7 +78,7 @@ def encode_batch(batch: dict[str, np.ndarray], max_size: int | None) -> dict[str
     rows: dict[str, list[Any]] = {"name": [], "file": [], "data": [], "error": [], "node": []}
     for path, name, content in zip(batch["path"], batch["name"], batch["content"]):
         try:
-            files, error = encode_samples(Source(Path(path), name), max_size, bytes(content)), ""
+            files, error = encode_samples(Source(Path(path), name), max_size, bytes(content), mode, seed), ""
         except DataError as exc:
             files, error = [("", b"")], str(exc)
         for file, data in files:
@@ -89,7 +96,7 @@ def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list
     blocks = min(len(sources), max(1, int(ray.available_resources().get("CPU", 1)) * s.blocks_per_cpu))
     items = [{"path": str(src.path), "name": src.name, "content": src.path.read_bytes()} for src in sources]
     files = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        encode_batch, fn_kwargs={"max_size": s.max_size}, batch_size=1, num_cpus=1
+        encode_batch, fn_kwargs={"max_size": s.max_size, "mode": s.mode, "seed": s.seed}, batch_size=1, num_cpus=1
     )
     rows = {src.name: {"name": src.name, "samples": 0, "bytes": 0, "error": "", "node": ""} for src in sources}
     for batch in files.iter_batches(batch_size=None, batch_format="numpy"):
@@ -103,11 +110,9 @@ def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list
     return list(rows.values())
 
 
-def preview(out: Path, name: str) -> np.ndarray:
-    """The 20 samples of one source: a row per direction, a column per level."""
-    return image_grid(
-        [[load_rgb(sample_paths(out, sample_name(name, d, lv))[0]) for lv in LEVELS] for d in DIRECTIONS]
-    )
+def preview(out: Path, name: str, mode: str) -> np.ndarray:
+    """The 20 samples of one source (paper: a row per direction, a column per level)."""
+    return image_grid([[load_rgb(sample_paths(out, stem)[0]) for stem in row] for row in sample_names(name, mode)])
 
 
 def run(s: SynthesizeConfig) -> None:
@@ -132,7 +137,7 @@ def run(s: SynthesizeConfig) -> None:
         stage.write_json(resolve(s.metrics), metrics)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(resolve(s.metrics)))
-        mlflow.log_image(preview(out, sources[0].name), "samples.png")
+        mlflow.log_image(preview(out, sources[0].name, s.mode), "samples.png")
     print(f"synthesize: {samples} samples from {len(rows)} sources, {metrics['bytes'] / 1e6:.1f} MB in {out}")
 
 

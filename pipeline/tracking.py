@@ -15,7 +15,6 @@ in a copy of the repo under `.dvc/tmp/`, and log to the repo's own store all the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -26,10 +25,11 @@ from typing import Any, Iterator
 
 import mlflow
 import psutil
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from btbnet.config import flatten
+from btbnet.io import file_sha256
 
 from . import stage as stage_lib
 from .params import REPO_ROOT
@@ -40,11 +40,6 @@ EXPERIMENT = "btbnet"
 PARENT_TAG = "btbnet.invocation"  # the DVC process a parent run stands for
 SYSTEM_METRICS_INTERVAL_S = 5.0
 SHA_TAG = "btbnet.sha256"  # a logged model's checkpoint digest: how evaluate finds the model it scores
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def logged_model_id(checkpoint: Path) -> str | None:
@@ -186,30 +181,3 @@ def alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return pid > 0
-
-
-class MetricLogger:
-    """Logs metrics to an existing run by id: usable inside a Ray worker (rank 0).
-
-    `log` buffers and `flush` sends. A restarted worker redoes the steps after its checkpoint:
-    `last_step` tells which of them the run already holds, so that each is logged once."""
-
-    BATCH = 1000  # MLflow's limit of metrics per log_batch
-
-    def __init__(self, uri: str, run_id: str):
-        self.client = MlflowClient(uri)
-        self.run_id = run_id
-        self.pending: list[Metric] = []
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
-
-    def last_step(self, key: str) -> int:
-        """The highest step logged for `key` in the run (-1: none)."""
-        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
-
-    def flush(self) -> None:
-        for i in range(0, len(self.pending), self.BATCH):
-            self.client.log_batch(self.run_id, metrics=self.pending[i : i + self.BATCH])
-        self.pending = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from btbnet.checkpoint import save_checkpoint
 from btbnet.config import BTBNetConfig, deep_merge
 from btbnet.model import build_model
+
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON_DIR = Path(sys.executable).parent
@@ -103,6 +103,34 @@ def run_stage(repo: Path, stage: str, timeout: float = 600) -> subprocess.Comple
     )
 
 
+class RayStarted(AssertionError):
+    """A stage that should have failed before Ray tried to start it."""
+
+
+def execute_stage(repo: Path, stage: str, monkeypatch: Any, capsys: Any) -> tuple[int, str]:
+    """Stage `stage` run in this process on `repo`'s params.yaml, as `python -m pipeline.<stage>`
+    runs it up to the point it would start Ray: (exit status, stderr). Paths in the params
+    resolve in `repo`; MLflow logs to a store beside it (`<repo>/../inprocess.db`, which must
+    stay absent when the stage fails before its run); starting Ray raises `RayStarted`."""
+    import importlib
+
+    import pipeline.params
+    from pipeline import stage as stage_lib
+
+    module = importlib.import_module(f"pipeline.{stage}")
+    monkeypatch.setattr(pipeline.params, "REPO_ROOT", repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo.parent / 'inprocess.db'}")
+
+    def no_ray(*args: Any, **kwargs: Any) -> bool:
+        raise RayStarted(f"{stage} started Ray")
+
+    monkeypatch.setattr(stage_lib, "init_ray", no_ray)
+    capsys.readouterr()
+    status = stage_lib.execute(stage, module.configure, module.__dict__.get("run") or module.train_stage,
+                               pipeline.params.load_params(repo / "params.yaml"))  # fmt: skip
+    return status, capsys.readouterr().err
+
+
 def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """`dvc <args>` in `repo`; output captured, never raises on a non-zero exit."""
     return subprocess.run(
@@ -130,26 +158,3 @@ def write_pretrained(repo: Path) -> Path:
 def fake_synthetic_set(repo: Path) -> None:
     """pretrain's data without running synthesize: the embedded pairs (any masks will do)."""
     shutil.copytree(repo / "data/embedded/defocus/train", repo / "data" / "synthetic")
-
-
-# Ports every `ray start` claims unless told otherwise (GCS, dashboard, client server, dashboard
-# agent): a head given one of them for another component refuses to start ("... trying to use a
-# port number 52365 that is used by other components"), so a random port must be none of them.
-RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports of this machine, none of Ray's defaults."""
-    held: list[socket.socket] = []
-    try:
-        while len(held) < count:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            if s.getsockname()[1] in RAY_DEFAULT_PORTS:
-                s.close()
-            else:
-                held.append(s)
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()

@@ -125,19 +125,6 @@ def test_generator_imports_without_scikit_image():
     assert result.returncode == 0, result.stderr
 
 
-def test_disc_kernel_is_a_normalised_pillbox():
-    gen = load_generator()
-    kernel = gen.disc_kernel(3.0)
-    assert kernel.shape == (7, 7)
-    assert kernel.sum() == pytest.approx(1.0)
-    np.testing.assert_allclose(kernel, kernel.T)
-    np.testing.assert_allclose(kernel, kernel[::-1, ::-1])
-    assert kernel[0, 0] == 0.0 and kernel[3, 0] > 0.0  # a disc: empty corners, reaches the rim
-    assert kernel[3, 3] == pytest.approx(1.0 / (np.pi * 9.0), rel=0.05)  # flat top, area π r²
-    with pytest.raises(ValueError, match="radius"):
-        gen.disc_kernel(0.0)
-
-
 def tiny_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     near = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)

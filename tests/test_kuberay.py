@@ -454,7 +454,8 @@ def stage_runtime_env(monkeypatch: pytest.MonkeyPatch, job: dict[str, Any]) -> t
     from pipeline import stage
 
     job_env = yaml.safe_load(job["spec"].get("runtimeEnvYAML", "")) or {}
-    variables = {**env_of(ray_container(head(job))), **job_env.get("env_vars", {}), "RAY_ADDRESS": "10.0.0.1:6379"}
+    variables = {**env_of(ray_container(head(job))), **job_env.get("env_vars", {}), "RAY_ADDRESS": "10.0.0.1:6379",
+                 "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": job_env})}  # what Ray gives a job's entrypoint  # fmt: skip
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     calls = []
@@ -467,13 +468,15 @@ def stage_runtime_env(monkeypatch: pytest.MonkeyPatch, job: dict[str, Any]) -> t
 
 def test_stages_can_call_ray_init_inside_the_job(rayjob, monkeypatch):
     """Ray refuses a driver's ray.init whose runtime env sets a field or variable that the job's
-    runtime env (runtimeEnvYAML) sets too; every stage's init_ray sets env_vars."""
+    runtime env (runtimeEnvYAML) sets too; a stage leaves out what the job sets (it reaches
+    every worker already), so even a job that sets the tracking URI itself works."""
     from ray.runtime_env.runtime_env import _merge_runtime_env
 
     assert _merge_runtime_env(*stage_runtime_env(monkeypatch, rayjob)) is not None
     clashing = fresh(rayjob)
     clashing["spec"]["runtimeEnvYAML"] = "env_vars:\n  MLFLOW_TRACKING_URI: http://btbnet-mlflow:5000\n"
-    assert _merge_runtime_env(*stage_runtime_env(monkeypatch, clashing)) is None
+    job_env, driver_env = stage_runtime_env(monkeypatch, clashing)
+    assert "MLFLOW_TRACKING_URI" not in driver_env["env_vars"] and _merge_runtime_env(job_env, driver_env) is not None
 
 
 def test_one_image_with_the_pinned_ray_and_python(rayjob, shared):

@@ -1,9 +1,12 @@
 """The whole DVC pipeline, end to end, in a temporary git copy of the repo with tiny params.
 
-One `dvc repro` (module fixture) feeds the checks of its outputs and MLflow runs; then a second
-`dvc repro` must do nothing, `dvc status` must list exactly the stages a param edit touches,
-and `dvc exp run -S scales=[1,0.8]` must rerun everything but synthesize, logging its MLflow
-runs under the experiment's name. About 8 minutes on 2 busy cores (Ray start-up dominates).
+One `dvc repro` (module fixture) feeds the checks of its outputs and MLflow runs; a second
+`dvc repro` must do nothing, `dvc status` must list exactly the stages a param edit touches.
+What changes the repo runs in a copy of it made after the repro (outputs, DVC cache, MLflow
+store and all), so that no test sees another's leftovers, in any order: `dvc exp run -S
+scales=[1,0.8]` must rerun everything but synthesize, logging its MLflow runs under the
+experiment's name; a queue of two experiments runs to the end; an identical retraining writes
+identical bytes, so DVC reruns nothing after it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,12 @@ def repro(repo) -> subprocess.CompletedProcess[str]:
     done = dvc(repo, "repro")
     assert done.returncode == 0, describe(done)
     return done
+
+
+def copy_after_repro(repo: Path, dest: Path) -> Path:
+    """The repro's repo as it stands (git, outputs, DVC cache, MLflow store), copied to `dest`."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +282,7 @@ def test_the_readmes_mlflow_ui_command_serves_the_pipelines_runs(repo, tmp_path,
     """`mlflow ui --workers 1` from the repo root (README): it serves the store the stages wrote."""
     import urllib.request
 
-    from tests.pipeline_helpers import free_ports
+    from pipeline.stage import free_ports
 
     [port] = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
@@ -345,9 +354,20 @@ def test_status_lists_only_the_stages_that_declare_the_changed_param(repo, repro
 
 
 @pytest.fixture(scope="module")
-def experiment(repo, repro) -> tuple[subprocess.CompletedProcess[str], str]:
+def exp_repo(repo, repro, tmp_path_factory) -> Path:
+    """A copy of the repo after the repro, where the experiment runs (it changes the workspace)."""
+    return copy_after_repro(repo, tmp_path_factory.mktemp("exp") / "repo")
+
+
+@pytest.fixture(scope="module")
+def exp_client(exp_repo) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{exp_repo / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def experiment(exp_repo) -> tuple[subprocess.CompletedProcess[str], str]:
     """`dvc exp run -S scales=[1,0.8]` after the repro; (its process, the experiment's name)."""
-    done = dvc(repo, "exp", "run", "-S", "scales=[1,0.8]")
+    done = dvc(exp_repo, "exp", "run", "-S", "scales=[1,0.8]")
     assert done.returncode == 0, describe(done)
     names = re.findall(r"Reproducing experiment '([^']+)'", done.stdout)
     assert len(names) == 1, done.stdout[-3000:]
@@ -360,24 +380,24 @@ def test_experiment_reruns_all_but_synthesize(experiment):
     assert "Stage 'synthesize' didn't change, skipping" in done.stdout
 
 
-def test_exp_show_leads_with_the_headline_metrics_and_only_changed_drops_the_code(repo, experiment):
+def test_exp_show_leads_with_the_headline_metrics_and_only_changed_drops_the_code(exp_repo, experiment):
     """The README's commands: evaluate's figures are the first metric columns; with
     --only-changed the code hashes (unchanged by an experiment) are gone, the params it set stay."""
-    done = dvc(repo, "exp", "show", "--no-pager", "--csv")
+    done = dvc(exp_repo, "exp", "show", "--no-pager", "--csv")
     assert done.returncode == 0, describe(done)
     header = done.stdout.splitlines()[0].split(",")
     first_metric = header[header.index("Created") + 2]  # after Created and parent
     assert first_metric.startswith("embedded.") or first_metric.startswith("metrics/evaluate.json:embedded"), header[:8]
-    changed = dvc(repo, "exp", "show", "--no-pager", "--csv", "--only-changed").stdout.splitlines()[0].split(",")
+    changed = dvc(exp_repo, "exp", "show", "--no-pager", "--csv", "--only-changed").stdout.splitlines()[0].split(",")
     assert not [c for c in changed if c.startswith(("btbnet/", "pipeline/"))], changed
     assert "scales" in changed and any("f_measure" in c for c in changed), changed
-    dropped = dvc(repo, "exp", "show", "--no-pager", "--csv", "--drop", "^(btbnet|pipeline)/").stdout.splitlines()[0].split(",")
+    dropped = dvc(exp_repo, "exp", "show", "--no-pager", "--csv", "--drop", "^(btbnet|pipeline)/").stdout.splitlines()[0].split(",")
     assert not [c for c in dropped if c.startswith(("btbnet/", "pipeline/"))] and "bytes" in dropped, dropped
 
 
-def test_plots_diff_overlays_the_workspace_and_the_experiment(repo, tmp_path, experiment):
+def test_plots_diff_overlays_the_workspace_and_the_experiment(exp_repo, tmp_path, experiment):
     _, name = experiment
-    done = dvc(repo, "plots", "diff", name, "--json", "-o", str(tmp_path / "plots"))
+    done = dvc(exp_repo, "plots", "diff", name, "--json", "-o", str(tmp_path / "plots"))
     assert done.returncode == 0, describe(done)
     report = json.loads(done.stdout)["data"]
     steps = next(v for k, v in report.items() if k.endswith("pretrain/steps.csv"))
@@ -385,15 +405,16 @@ def test_plots_diff_overlays_the_workspace_and_the_experiment(repo, tmp_path, ex
     assert revs == {"workspace", name}
 
 
-def test_experiment_models_have_two_scales(repo, params, experiment):
+def test_experiment_models_have_two_scales(exp_repo, params, experiment):
     for key in ("pretrain", "finetune"):
-        model = btbnet.load_checkpoint(repo / params[key]["model"])  # the experiment's, applied to the workspace
+        model = btbnet.load_checkpoint(exp_repo / params[key]["model"])  # the experiment's, applied to the workspace
         assert model.config.scales == (1.0, 0.8) and len(model.streams) == 2
-    report = json.loads((repo / params["evaluate"]["metrics"]).read_text())
+    report = json.loads((exp_repo / params["evaluate"]["metrics"]).read_text())
     assert all(math.isfinite(r["paper"]["f_measure"]) for r in report.values())
 
 
-def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):
+def test_experiment_mlflow_runs_carry_the_experiment_name(exp_client, experiment):
+    client = exp_client
     _, name = experiment
     assert name != "workspace"
     runs = stage_runs(client, name)
@@ -412,11 +433,20 @@ def test_experiment_mlflow_runs_carry_the_experiment_name(client, experiment):
 # --- a queue of experiments (README: "Experiments") -----------------------------------------
 
 
-def test_a_queue_of_two_ablations_runs_to_the_end(repo, client, experiment):
+@pytest.fixture(scope="module")
+def queue_repo(repo, repro, tmp_path_factory) -> Path:
+    return copy_after_repro(repo, tmp_path_factory.mktemp("queue") / "repo")
+
+
+def test_a_queue_of_two_experiments_runs_to_the_end(queue_repo):
     """`dvc exp run --queue` twice, then `dvc queue start`: both run (in copies of the repo
-    under .dvc/tmp), their metrics are in `dvc exp show`, their MLflow runs in the repo's store."""
-    names = ["q-no-rrnet", "q-one-scale"]
-    for name, setting in zip(names, ["rrnet_steps=0", "scales=[1]"]):
+    under .dvc/tmp), their metrics are in `dvc exp show`, their MLflow runs in the repo's store.
+    One trains (fine-tuning longer: Ray Train in the queue's copy of the repo), the other only
+    scores again."""
+    repo, client = queue_repo, MlflowClient(f"sqlite:///{queue_repo / 'mlflow.db'}")
+    names = ["q-finetune-longer", "q-two-examples"]
+    reran = {"q-finetune-longer": ["evaluate", "finetune"], "q-two-examples": ["evaluate"]}
+    for name, setting in zip(names, ["finetune.loop.max_steps_per_epoch=3", "evaluate.examples=2"]):
         queued = dvc(repo, "exp", "run", "--queue", "-n", name, "-S", setting)
         assert queued.returncode == 0, describe(queued)
     assert dvc(repo, "queue", "start", "-j", "1").returncode == 0
@@ -437,5 +467,19 @@ def test_a_queue_of_two_ablations_runs_to_the_end(repo, client, experiment):
         assert math.isfinite(float(rows[name]["embedded.paper.f_measure"])), rows[name]
         [parent] = parent_runs(client, name)
         assert parent.info.status == "FINISHED"
-        assert sorted(stage_runs(client, name)) == ["evaluate", "finetune", "pretrain"]
+        assert sorted(stage_runs(client, name)) == reran[name]
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged to a throw-away copy
+
+
+def test_an_identical_retraining_writes_identical_bytes_and_reruns_nothing_after_it(repo, repro, params, tmp_path):
+    """`dvc repro -f pretrain` (the same training again): the same bytes in its model, metrics
+    and plots (no timestamp, no temporary name), so DVC finds finetune up to date."""
+    again = copy_after_repro(repo, tmp_path / "again")
+    outputs = [params["pretrain"]["model"], params["pretrain"]["metrics"], f"{params['pretrain']['plots']}/steps.csv"]
+    before = [(repo / rel).read_bytes() for rel in outputs]
+    done = dvc(again, "repro", "-f", "--single-item", "pretrain")
+    assert done.returncode == 0, describe(done)
+    assert [(again / rel).read_bytes() for rel in outputs] == before
+    assert "seconds" not in json.loads(before[1])
+    status = dvc(again, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout

@@ -1,10 +1,12 @@
 """The reliability matrix (README, "Reliability"): what a hostile user does to the pipeline.
 
-Each case runs a stage (or `dvc repro`) as a subprocess in a tiny git copy of the repo and
-checks the promise: bad input ends in one `<stage>: error: …` line naming the file or key,
-exit 2, and none of the stage's outputs (not even a previous run's); a signal ends the stage
-cleanly, leaves no process and no output behind, and marks its MLflow run KILLED; identical
-trainings give identical bytes. Training, where there is any, lasts seconds.
+Each case runs a stage (or `dvc repro`) in a tiny git copy of the repo and checks the promise:
+bad input ends in one `<stage>: error: …` line naming the file or key, exit 2, and none of the
+stage's outputs (not even a previous run's); a signal ends the stage cleanly, leaves no process
+and no output behind, and marks its MLflow run KILLED. Bad input found before Ray starts is
+tried in this process (`execute_stage`: what `python -m pipeline.<stage>` runs, with starting
+Ray an error); what only a running stage can show (Ray, signals) runs as a subprocess.
+Training, where there is any, lasts seconds.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from PIL import Image
 import btbnet
 import pipeline.params
 from pipeline.params import load_params
-from pipeline.training import RayConfig, wait_for_workers
+from pipeline.training.config import RayConfig
+from pipeline.training.trainer import wait_for_workers
 from tests.pipeline_helpers import (
-    DVC, TINY_PARAMS, copy_repo, describe, dvc, error_line, fake_synthetic_set, git, run_stage, stage_env, write_params,
-    write_pretrained,
+    DVC, TINY_PARAMS, copy_repo, describe, dvc, error_line, execute_stage, fake_synthetic_set, git, run_stage, stage_env,
+    write_params, write_pretrained,
 )  # fmt: skip
 
 DATA = Path("data/embedded/defocus/train")  # finetune's data (gt: 255 = blurred)
@@ -90,33 +93,32 @@ BAD_PAIRS = {  # case: (file of the pair, how it is spoilt, expected message aft
 
 
 @pytest.mark.parametrize(("folder", "spoil", "message"), BAD_PAIRS.values(), ids=BAD_PAIRS.keys())
-def test_bad_training_pair_fails_in_seconds_before_ray(repo, folder, spoil, message):
+def test_bad_training_pair_fails_before_ray(repo, folder, spoil, message, monkeypatch, capsys):
     write_pretrained(repo)
     plant_old_outputs(repo, "finetune")
     bad = spoil(repo / DATA / folder / "defocus_0007.png")
-    started = time.monotonic()
-    done = run_stage(repo, "finetune")
-    assert done.returncode == 2, describe(done)
-    line = error_line(done.stderr, "finetune")
+    status, stderr = execute_stage(repo, "finetune", monkeypatch, capsys)  # starting Ray would raise
+    assert status == 2, stderr
+    line = error_line(stderr, "finetune")
     shown = repo / DATA / "image" / "defocus_0007.png" if message == "but its mask" else bad
     assert line.startswith(f"finetune: error: {shown}: ") and message in line
-    assert "Ray" not in done.stderr and time.monotonic() - started < 30  # no Ray start-up
     assert_no_outputs(repo, "finetune")
 
 
-def test_image_without_mask_and_excluded_stem_not_in_the_set(repo):
+def test_image_without_mask_and_excluded_stem_not_in_the_set(repo, monkeypatch, capsys):
     write_pretrained(repo)
     (repo / DATA / "gt" / "defocus_0002.png").unlink()
-    done = run_stage(repo, "finetune")
-    assert error_line(done.stderr, "finetune").startswith(
+    status, stderr = execute_stage(repo, "finetune", monkeypatch, capsys)
+    assert status == 2 and error_line(stderr, "finetune").startswith(
         f"finetune: error: {repo / DATA / 'image' / 'defocus_0002.png'}: no mask with stem 'defocus_0002'"
     )
+    assert not (repo / "models" / "finetune.pt").exists() and not (repo / "metrics" / "finetune.json").exists()
     git(repo, "checkout", "--", str(DATA / "gt" / "defocus_0002.png"))
     (repo / "stems.txt").write_text("defocus_0999\n")
     write_params(repo, {"finetune": {"exclude": "stems.txt"}})
-    done = run_stage(repo, "finetune")
-    assert done.returncode == 2, describe(done)
-    assert "excluded stem 'defocus_0999' is not in the data set" in error_line(done.stderr, "finetune")
+    status, stderr = execute_stage(repo, "finetune", monkeypatch, capsys)
+    assert status == 2, stderr
+    assert "excluded stem 'defocus_0999' is not in the data set" in error_line(stderr, "finetune")
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
@@ -148,30 +150,30 @@ BAD_WEIGHTS = {
 
 
 @pytest.mark.parametrize(("make", "message"), BAD_WEIGHTS.values(), ids=BAD_WEIGHTS.keys())
-def test_bad_backbone_weights_fail_before_ray(repo, make, message):
+def test_bad_backbone_weights_fail_before_ray(repo, make, message, monkeypatch, capsys):
     fake_synthetic_set(repo)
     weights = make(repo / "vgg16.pth")
     write_params(repo, {"pretrain": {"backbone_weights": "vgg16.pth"}})
-    done = run_stage(repo, "pretrain")
-    assert done.returncode == 2, describe(done)
-    line = error_line(done.stderr, "pretrain")
+    status, stderr = execute_stage(repo, "pretrain", monkeypatch, capsys)
+    assert status == 2, stderr
+    line = error_line(stderr, "pretrain")
     assert line.startswith(f"pretrain: error: pretrain.backbone_weights: {weights}: ") and message in line
-    assert "weights_only" not in done.stderr and "Ray" not in done.stderr
-    assert not (repo / "mlflow.db").exists()  # no MLflow run was started
+    assert "weights_only" not in stderr
+    assert not (repo.parent / "inprocess.db").exists()  # no MLflow run was started
     assert_no_outputs(repo, "pretrain")
 
 
 # --- bad params: each stage validates what it reads, and only that ----------------------------
 
 
-def test_scale_above_one_is_refused(repo):
+def test_scale_above_one_is_refused(repo, monkeypatch, capsys):
     write_params(repo, {"scales": [1.5]})
-    done = run_stage(repo, "pretrain")
-    assert done.returncode == 2, describe(done)
-    assert error_line(done.stderr, "pretrain") == "pretrain: error: scales: every scale must be in (0, 1], got 1.5 in [1.5]"
+    status, stderr = execute_stage(repo, "pretrain", monkeypatch, capsys)
+    assert status == 2, stderr
+    assert error_line(stderr, "pretrain") == "pretrain: error: scales: every scale must be in (0, 1], got 1.5 in [1.5]"
 
 
-def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo, monkeypatch):
+def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo, monkeypatch, capsys):
     # params name paths relative to the repo; here that is the copy, not this checkout
     monkeypatch.setattr(pipeline.params, "REPO_ROOT", repo)
     write_params(repo, {"evaluate": {"max_size": "big", "device": "tpu"}, "baselines": {"methods": ["nope"]}})
@@ -180,24 +182,24 @@ def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo, monkeypa
         module = __import__(f"pipeline.{stage}", fromlist=["configure"])
         assert module.configure(load_params(repo / "params.yaml")) is not None
     assert module.configure(load_params(repo / "params.yaml")).init_checkpoint == repo / "models" / "pretrain.pt"
-    done = run_stage(repo, "evaluate")
-    assert done.returncode == 2 and "evaluate: error: evaluate.max_size:" in error_line(done.stderr, "evaluate")
+    status, stderr = execute_stage(repo, "evaluate", monkeypatch, capsys)
+    assert status == 2 and "evaluate: error: evaluate.max_size:" in error_line(stderr, "evaluate")
 
 
-def test_a_failed_evaluate_keeps_none_of_the_previous_outputs(repo):
+def test_a_failed_evaluate_keeps_none_of_the_previous_outputs(repo, monkeypatch, capsys):
     plant_old_outputs(repo, "evaluate")  # and no finetuned model: evaluate fails
-    done = run_stage(repo, "evaluate")
-    assert done.returncode == 2, describe(done)
-    assert "models/finetune.pt: checkpoint not found" in error_line(done.stderr, "evaluate")
+    status, stderr = execute_stage(repo, "evaluate", monkeypatch, capsys)
+    assert status == 2, stderr
+    assert "models/finetune.pt: checkpoint not found" in error_line(stderr, "evaluate")
     assert_no_outputs(repo, "evaluate")
 
 
-def test_a_failed_synthesize_keeps_none_of_the_previous_outputs(repo):
+def test_a_failed_synthesize_keeps_none_of_the_previous_outputs(repo, monkeypatch, capsys):
     plant_old_outputs(repo, "synthesize")
     write_params(repo, {"synthesize": {"sources": ["no_such_folder"]}})
-    done = run_stage(repo, "synthesize")
-    assert done.returncode == 2, describe(done)
-    assert "no_such_folder: folder not found" in error_line(done.stderr, "synthesize")
+    status, stderr = execute_stage(repo, "synthesize", monkeypatch, capsys)
+    assert status == 2, stderr
+    assert "no_such_folder: folder not found" in error_line(stderr, "synthesize")
     assert_no_outputs(repo, "synthesize")
 
 
@@ -253,7 +255,9 @@ def test_too_many_workers_for_the_local_instance_is_an_error_not_a_hang(repo):
 
 def test_a_pair_that_only_fails_to_decode_in_a_worker_is_the_same_one_line_error(repo):
     write_pretrained(repo)
-    write_params(repo, {"train": {"loop": {"max_steps_per_epoch": None}}})  # every pair is read
+    kept = {"defocus_0003", "defocus_0004"}  # two pairs × 16 augmentations: every one is read in seconds
+    (repo / "held_out.txt").write_text("".join(f"{p.stem}\n" for p in sorted((repo / DATA / "image").iterdir()) if p.stem not in kept))
+    write_params(repo, {"train": {"loop": {"max_steps_per_epoch": None}}, "finetune": {"exclude": "held_out.txt"}})
     bad = repo / DATA / "image" / "defocus_0003.png"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header is intact
     done = run_stage(repo, "finetune", timeout=300)
@@ -311,9 +315,8 @@ def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo,
         os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole foreground group
     else:
         proc.send_signal(signal.SIGTERM)  # dvc dies at once and passes nothing on
-    assert wait_gone([stage, *tree], timeout=60) == []
+    assert wait_gone([stage, *tree], timeout=60) == []  # so no orphan is left to write outputs later
     proc.wait(timeout=30)
-    time.sleep(5)  # an orphaned stage would write its outputs now
     assert_no_outputs(repo, "pretrain")
     assert stage_runs(repo) == [("workspace/pretrain", "KILLED")]
     kept = [p.name for p in (repo / ".ray_runs").iterdir()]  # the checkpoints a rerun resumes from
@@ -322,7 +325,9 @@ def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo,
 
 
 @pytest.mark.slow
-def test_after_a_sigkill_the_next_run_closes_the_stale_run_and_checkpoints(repo, tmp_path):
+def test_after_a_sigkill_a_changed_stage_closes_the_stale_run_and_starts_afresh(repo, tmp_path):
+    """The next run, with other settings (another run key), marks the SIGKILLed run KILLED,
+    deletes its checkpoints and does not resume them."""
     write_params(repo, LONG_TRAINING)
     proc = start_dvc_repro(repo, tmp_path / "repro.log")
     tree = psutil.Process(proc.pid).children(recursive=True)
@@ -332,7 +337,6 @@ def test_after_a_sigkill_the_next_run_closes_the_stale_run_and_checkpoints(repo,
     # process closed it already (seen in a clean-clone run: KILLED): the next run must cope with both.
     assert stage_runs(repo) in ([("workspace/pretrain", "RUNNING")], [("workspace/pretrain", "KILLED")])
     assert list((repo / ".ray_runs").glob("pretrain-*")) != []
-    wait_gone(tree, timeout=30)
     for p in tree:  # Ray's agents may outlive a SIGKILLed driver (README, "Reliability")
         try:
             p.kill()
@@ -342,23 +346,6 @@ def test_after_a_sigkill_the_next_run_closes_the_stale_run_and_checkpoints(repo,
     write_params(repo, {"train": {"loop": {"epochs": 1, "max_steps_per_epoch": 1}}})
     done = run_stage(repo, "pretrain", timeout=300)
     assert done.returncode == 0, describe(done)
+    assert "resumed at" not in done.stdout + done.stderr
     assert stage_runs(repo) == [("workspace/pretrain", "KILLED"), ("workspace/pretrain", "FINISHED")]
     assert list((repo / ".ray_runs").glob("*")) == []
-
-
-# --- reproducibility: identical trainings, identical files ------------------------------------
-
-
-@pytest.mark.slow
-def test_two_identical_trainings_write_identical_bytes(repo):
-    fake_synthetic_set(repo)
-    files = [repo / rel for rel in OUTPUTS["pretrain"]]
-    first = []
-    for attempt in range(2):
-        done = run_stage(repo, "pretrain", timeout=300)
-        assert done.returncode == 0, describe(done)
-        contents = [f.read_bytes() for f in files]
-        if attempt == 0:
-            first = contents
-            assert "seconds" not in json.loads(contents[1]) and "epoch/seconds" not in contents[1].decode()
-    assert contents == first

@@ -3,7 +3,11 @@ interrupted stage that resumes, Ray Jobs, and a real MLflow tracking server.
 
 The cluster is two `ray start --block` processes (a head and a second node, one CPU each),
 stopped by PID; stages reach it through RAY_ADDRESS as on any cluster. Kills come from
-outside (SIGKILL to a Train worker's PID, SIGTERM to a node), never from the training code.
+outside (SIGKILL to a Train worker's PID, to a node's processes), never from the training code.
+
+One cluster and one tracking server serve the module; one pipeline run on them (`ray job
+submit` of `dvc repro`, logging to the server, checkpoints and inputs on a file:// "bucket")
+is read by the tests of sections 1, 4 and 5. The test that removes a node has a cluster of its own.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.stage import RAY_DEFAULT_PORTS, free_ports
 from tests.pipeline_helpers import (
-    DVC, PYTHON_DIR, RAY_DEFAULT_PORTS, TINY_PARAMS, copy_repo, describe, dvc, fake_synthetic_set, free_ports, git, stage_env,
-    write_params, write_pretrained,
+    DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, fake_synthetic_set, git, stage_env, write_params, write_pretrained,
 )  # fmt: skip
 
 pytestmark = pytest.mark.slow
@@ -56,17 +60,22 @@ class Cluster:
         self.log = tmp
         self.head = self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=true",
                                          "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}"])  # fmt: skip
-        self.worker = self.head
+        self.nodes = [self.head]
         try:
-            self.wait_for_nodes(1, self.head)
-            self.worker = self._start("worker", [f"--address={self.address}"])
-            self.wait_for_nodes(2, self.head, self.worker)
+            self.wait_for_port(self.head)
+            self.wait_for_nodes(1)
+            self.nodes.append(self._start("worker", [f"--address={self.address}"]))
+            self.wait_for_nodes(2)
         except BaseException:
             self.close()
             raise
 
+    @property
+    def worker(self) -> subprocess.Popen:
+        return self.nodes[1]
+
     def close(self) -> None:
-        for proc in {self.worker, self.head}:
+        for proc in reversed(self.nodes):
             Cluster.stop(proc)
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -75,21 +84,43 @@ class Cluster:
             env=stage_env() | {"RAY_AUTH_MODE": "disabled"}, stdout=(self.log / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
 
-    def alive_nodes(self) -> int:
-        """The cluster's live nodes; 0 while the head does not answer (a client of a head that
-        is not up waits, so the probe has its own timeout)."""
-        code = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-        try:
-            done = subprocess.run([sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=60)
-        except subprocess.TimeoutExpired:
-            return 0
-        return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+    def wait_for_port(self, proc: subprocess.Popen, timeout: float = 120) -> None:
+        """Until the head's GCS port answers; a head that exits first ends the wait with its log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"`ray start` exited {proc.returncode}: {self.logs()}"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                assert time.monotonic() < deadline, self.logs()
+                time.sleep(0.2)
 
-    def wait_for_nodes(self, count: int, *nodes: subprocess.Popen, timeout: float = 180) -> None:
+    def alive_nodes(self, timeout: float = 60) -> int:
+        """The cluster's live nodes (0 if the head does not answer within `timeout`). A client of
+        a head that is not up waits, so the probe runs beside a watch on the nodes: one that
+        exits meanwhile (a port clash, say) ends the wait with its log at once."""
+        code = f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+        probe = subprocess.Popen([sys.executable, "-c", code], env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while probe.poll() is None:
+                for proc in self.nodes:
+                    assert proc.poll() is None, f"`ray start` exited {proc.returncode}: {self.logs()}"
+                if time.monotonic() > deadline:
+                    return 0
+                time.sleep(0.2)
+            out = probe.stdout.read().strip().splitlines()
+            return int(out[-1]) if probe.returncode == 0 and out else 0
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+            probe.wait()
+            probe.stdout.close()
+
+    def wait_for_nodes(self, count: int, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while self.alive_nodes() != count:
-            for proc in nodes:  # a node that refused to start: say why now
-                assert proc.poll() is None, f"`ray start` exited {proc.returncode}: {self.logs()}"
             assert time.monotonic() < deadline, self.logs()
             time.sleep(1)
 
@@ -99,19 +130,31 @@ class Cluster:
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        """SIGTERM (`ray start --block` then stops the processes it started), and after a few
+        seconds SIGKILL to whatever of its process tree is left."""
         try:
-            proc.wait(timeout=60)
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=30)
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def env(self) -> dict[str, str]:
         return stage_env() | {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
 
 
-@pytest.fixture()
-def cluster(tmp_path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
     yield c
     c.close()
 
@@ -147,8 +190,6 @@ def step_history(repo: Path, stage: str, uri: str | None = None) -> list[int]:
                               f"tags.`btbnet.stage` = '{stage}' and attributes.status = 'FINISHED'")  # fmt: skip
     assert len(runs) == 1, [(r.info.run_name, r.info.status) for r in runs]
     return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "step/total"))
-
-
 def logged_steps(epochs: int, steps: int) -> list[int]:
     """The steps rank 0 logs (every 5th and each epoch's last), each exactly once."""
     return [e * steps + s for e in range(epochs) for s in range(steps) if s % 5 == 0 or s == steps - 1]
@@ -165,23 +206,69 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen, count: int = 1, timeo
         time.sleep(0.3)
 
 
+# --- one pipeline run on the cluster: a Ray job of `dvc repro`, logged to a tracking server -----
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    [port] = free_ports(1)
+    proc = subprocess.Popen(
+        [str(PYTHON_DIR / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}", "--artifacts-destination", str(tmp / "artifacts")],
+        env=stage_env(), stdout=(tmp / "server.log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "server.log").read_text()
+            time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+class JobRun:
+    """What the module's pipeline run left: the job's output, its workspace, the bucket."""
+
+    def __init__(self, done: subprocess.CompletedProcess[str], workspace: Path, bucket: Path, tracking: str):
+        self.done, self.workspace, self.bucket, self.tracking = done, workspace, bucket, tracking
+
+
+@pytest.fixture(scope="module")
+def job_run(cluster, mlflow_server, tmp_path_factory) -> JobRun:
+    """What the README says, on the two-node cluster: `ray job submit --working-dir . -- python
+    infra/ray_job.py --workspace DIR -- dvc repro`, the stages logging to a tracking server, Ray
+    Train's storage an object-store URI (file:// here, s3:// on a cluster without a shared file
+    system): the driver uploads the training inputs there and the workers read them from it."""
+    tmp = tmp_path_factory.mktemp("job")
+    repo, bucket, workspace = copy_repo(tmp / "repo", TINY_PARAMS), tmp / "bucket", tmp / "workspace"
+    write_params(repo, SPREAD | {"train": {"ray": SPREAD["train"]["ray"] | {"storage": bucket.as_uri()}}})
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_server}})
+    done = run(repo, [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard}", "--working-dir", ".",
+                      "--runtime-env-json", runtime_env, "--", "python", "infra/ray_job.py", "--workspace", str(workspace),
+                      "--", "dvc", "repro"], cluster.env(), timeout=900)  # fmt: skip
+    assert done.returncode == 0, describe(done)
+    return JobRun(done, workspace, bucket, mlflow_server)
+
+
 # --- 1. two nodes --------------------------------------------------------------------------
 
 
-def test_synthesize_and_pretrain_run_on_both_nodes(cluster, repo, tmp_path):
+def test_synthesize_and_pretrain_run_on_both_nodes(job_run):
     """As on a cluster without a shared file system: synthesis streams its files back to the
-    driver, and with `ray.storage` an object-store URI (file:// here) the Train workers read
-    the data that the driver uploaded there."""
-    bucket = tmp_path / "bucket"
-    write_params(repo, SPREAD | {"train": {"ray": SPREAD["train"]["ray"] | {"storage": bucket.as_uri()}}})
-    for stage in ("synthesize", "pretrain"):
-        done = run(repo, [sys.executable, "-m", f"pipeline.{stage}"], cluster.env())
-        assert done.returncode == 0, describe(done)
-        assert metrics(repo, stage)["ray_nodes"] == 2, stage
-    assert metrics(repo, "pretrain")["worker_restarts"] == 0
-    [shipped] = (bucket / "inputs").iterdir()
-    assert sorted(p.name for p in (shipped / "image").iterdir()) == sorted(p.name for p in (repo / "data/synthetic/image").iterdir())
-    assert [p.name for p in bucket.iterdir()] == ["inputs"]  # the run folder is gone once the model is out
+    driver, and the Train workers read the data that the driver uploaded to the bucket."""
+    for stage in ("synthesize", "pretrain", "finetune"):
+        assert metrics(job_run.workspace, stage)["ray_nodes"] == 2, stage
+    assert metrics(job_run.workspace, "pretrain")["worker_restarts"] == 0
+    shipped = {folder.name: folder for folder in (job_run.bucket / "inputs").iterdir()}
+    synthetic = sorted(p.name for p in (job_run.workspace / "data/synthetic/image").iterdir())
+    assert any(sorted(p.name for p in (f / "image").iterdir()) == synthetic for f in shipped.values() if (f / "image").is_dir())
+    assert [p.name for p in job_run.bucket.iterdir()] == ["inputs"]  # the run folders are gone once the models are out
 
 
 # --- 2. lost workers and nodes ---------------------------------------------------------------
@@ -215,7 +302,17 @@ def test_a_killed_train_worker_is_survived_from_the_last_checkpoint(repo, tmp_pa
     assert step_history(repo, "pretrain") == logged_steps(2, STEPS)  # one MLflow run, no step twice
 
 
-def test_a_removed_node_is_survived(cluster, repo, tmp_path):
+@pytest.fixture()
+def own_cluster(tmp_path) -> Iterator[Cluster]:
+    """A cluster for one test, which may break it (the module's `cluster` must stay whole)."""
+    (tmp_path / "own-cluster").mkdir()
+    c = Cluster(tmp_path / "own-cluster")
+    yield c
+    c.close()
+
+
+def test_a_removed_node_is_survived(own_cluster, repo, tmp_path):
+    cluster = own_cluster
     write_params(repo, RESUMABLE)
     shared = tmp_path / "shared"  # Ray Train's storage outside the repo (a shared file system on a cluster)
     write_params(repo, {"train": {"loop": {"max_steps_per_epoch": 5 * STEPS}, "ray": {"placement_strategy": "SPREAD", "storage": str(shared)}}})
@@ -234,7 +331,7 @@ def test_a_removed_node_is_survived(cluster, repo, tmp_path):
     assert list(shared.iterdir()) == [] and not (repo / ".ray_runs").exists()  # and the run is gone
 
 
-# --- 3. an interrupted stage resumes; a changed one does not -----------------------------------
+# --- 3. an interrupted stage resumes -----------------------------------
 
 
 def interrupt_repro(repo: Path, log: Path) -> None:
@@ -247,19 +344,16 @@ def interrupt_repro(repo: Path, log: Path) -> None:
     assert not (repo / "models/pretrain.pt").exists()
 
 
-def test_an_interrupted_stage_resumes_and_a_changed_one_starts_afresh(repo, tmp_path):
+def test_an_interrupted_stage_resumes_where_it_was(repo, tmp_path):
+    """`dvc repro` SIGTERMed mid-training keeps the run's checkpoints; the same stage rerun
+    resumes from the last one, in the same MLflow run, each step logged once. (A changed stage
+    starts afresh instead: tests/test_reliability.py, after a SIGKILL.)"""
     write_params(repo, RESUMABLE)
     fake_synthetic_set(repo)
     git(repo, "add", "--all")
     git(repo, "commit", "-q", "-m", "resumable")
     interrupt_repro(repo, tmp_path / "first.log")
-    runs = list((repo / ".ray_runs").glob("pretrain-*"))
-    assert len(runs) == 1  # kept for the resume
-
-    write_params(repo, {"train": {"optim": {"lr_new": 0.002}}})  # another stage now
-    interrupt_repro(repo, tmp_path / "changed.log")
-    assert "resumed at" not in (tmp_path / "changed.log").read_text()
-    assert not runs[0].exists()  # the old version's run is gone, never resumed
+    assert len(list((repo / ".ray_runs").glob("pretrain-*"))) == 1  # kept for the resume
 
     done = dvc(repo, "repro", "--single-item", "pretrain")
     assert done.returncode == 0, describe(done)
@@ -272,34 +366,9 @@ def test_an_interrupted_stage_resumes_and_a_changed_one_starts_afresh(repo, tmp_
 # --- 4. code through the runtime env, a tracking server --------------------------------------
 
 
-@pytest.fixture()
-def mlflow_server(tmp_path) -> Iterator[str]:
-    [port] = free_ports(1)
-    proc = subprocess.Popen(
-        [str(PYTHON_DIR / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
-        env=stage_env(), stdout=(tmp_path / "server.log").open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def test_every_stage_logs_to_a_tracking_server(repo, mlflow_server):
-    done = subprocess.run([str(DVC), "repro"], cwd=repo, env=stage_env() | {"MLFLOW_TRACKING_URI": mlflow_server},
-                          capture_output=True, text=True, timeout=900)  # fmt: skip  (stage_env() drops the URI)
-    assert done.returncode == 0, describe(done)
-    assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()  # nothing local
-    client = MlflowClient(mlflow_server)
+def test_every_stage_logs_to_a_tracking_server(job_run):
+    assert not (job_run.workspace / "mlflow.db").exists() and not (job_run.workspace / "mlruns").exists()  # nothing local
+    client = MlflowClient(job_run.tracking)
     runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id])
     by_stage = {r.data.tags["btbnet.stage"]: r for r in runs if "btbnet.stage" in r.data.tags}
     assert sorted(by_stage) == ["baselines", "evaluate", "finetune", "pretrain", "synthesize"]
@@ -313,18 +382,19 @@ def test_every_stage_logs_to_a_tracking_server(repo, mlflow_server):
         assert artifacts, stage
     models = client.search_logged_models([by_stage["finetune"].info.experiment_id])
     assert by_stage["finetune"].info.run_id in {m.source_run_id for m in models}
-    assert step_history(repo, "pretrain", mlflow_server)
+    assert step_history(job_run.workspace, "pretrain", job_run.tracking)
 
 
-def test_finetune_reads_its_data_from_a_uri(repo, tmp_path):
+def test_finetune_reads_its_data_from_a_uri(cluster, repo, tmp_path):
     """`finetune.data` as a URI (file:// here, s3:// on a cluster without a shared file system):
-    each Train worker trains from its node's copy."""
+    each Train worker, on either node, trains from its node's copy. (Run as a stage: DVC hashes
+    a URI dependency itself, through its own remotes.)"""
     bucket = tmp_path / "bucket"
     shutil.copytree(repo / "data/embedded/defocus/train", bucket / "cuhk")
     shutil.rmtree(repo / "data/embedded/defocus/train")  # nothing local to fall back on
     write_pretrained(repo)
     write_params(repo, {"finetune": {"data": (bucket / "cuhk").as_uri(), "exclude": None}})
-    done = run(repo, [sys.executable, "-m", "pipeline.finetune"], stage_env())
+    done = run(repo, [sys.executable, "-m", "pipeline.finetune"], cluster.env())
     assert done.returncode == 0, describe(done)
     assert metrics(repo, "finetune")["train_samples"] == 40 * 16
 
@@ -332,17 +402,10 @@ def test_finetune_reads_its_data_from_a_uri(repo, tmp_path):
 # --- 5. Ray Jobs --------------------------------------------------------------------------------
 
 
-def test_ray_job_submit_runs_the_pipeline_on_the_cluster(cluster, repo, tmp_path):
+def test_ray_job_submit_runs_the_pipeline_on_the_cluster(job_run):
     """What the README says: `ray job submit --working-dir . -- python infra/ray_job.py
     --workspace DIR -- <command>` against the cluster; the outputs stay in DIR."""
-    write_params(repo, SPREAD)
-    workspace = tmp_path / "workspace"
-    done = run(repo, [str(RAY), "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard}", "--working-dir", ".",
-                      "--", "python", "infra/ray_job.py", "--workspace", str(workspace), "--", "dvc", "repro", "pretrain"],
-               cluster.env())  # fmt: skip
-    assert done.returncode == 0, describe(done)
-    assert "succeeded" in done.stdout + done.stderr
-    assert metrics(workspace, "synthesize")["ray_nodes"] == 2 and metrics(workspace, "pretrain")["ray_nodes"] == 2
-    assert (workspace / "models/pretrain.pt").is_file() and (workspace / "dvc.lock").is_file()
-    status = dvc(workspace, "status", "pretrain")
+    assert "succeeded" in job_run.done.stdout + job_run.done.stderr
+    assert (job_run.workspace / "models/finetune.pt").is_file() and (job_run.workspace / "dvc.lock").is_file()
+    status = dvc(job_run.workspace, "status")
     assert status.returncode == 0 and "up to date" in status.stdout, describe(status)

@@ -15,7 +15,7 @@ from btbnet.checkpoint import save_checkpoint
 from btbnet.predict import predict_maps
 from btbnet.speed import SpeedConfig
 from btbnet.train import OptimConfig, train_step
-from tests.test_model import TABLE2_SCALES, VARIANTS, tiny
+from tests.test_model import CONFIGS, VARIANTS, tiny
 
 BF16 = SpeedConfig(precision="bf16")
 
@@ -25,10 +25,7 @@ def batch(seed: int = 0, h: int = 24, w: int = 32) -> tuple[torch.Tensor, torch.
     return torch.rand(2, 3, h, w, generator=g), (torch.rand(2, 1, h, w, generator=g) > 0.5).float()
 
 
-@pytest.mark.parametrize("norm", ["none", "batch"])
-@pytest.mark.parametrize("rrnet_steps", [0, 1, 3])
-@pytest.mark.parametrize("scales", TABLE2_SCALES, ids=lambda s: f"{len(s)}S")
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(("variant", "scales", "rrnet_steps", "norm"), CONFIGS)
 def test_a_bf16_step_has_finite_fp32_losses_and_a_gradient_for_every_parameter(variant, scales, rrnet_steps, norm):
     model = tiny(variant, scales, rrnet_steps, norm=norm)
     images, masks = batch()

@@ -1,9 +1,10 @@
 """dvc.yaml's caching contract, derived from the stages themselves rather than kept by hand.
 
 DVC reruns a stage when one of its `deps` or `params` changes, so a stage must declare
-  - every project module it runs: each stage module is imported in a fresh interpreter and the
-    btbnet/ and pipeline/ files it loaded are compared with its `deps` (project code imports at
-    module level only, checked below, so that import loads everything the stage runs);
+  - every project module it runs: each stage module is imported with no project module loaded
+    (one interpreter for all, the project's modules dropped from `sys.modules` before each) and
+    the btbnet/ and pipeline/ files it loaded are compared with its `deps` (project code imports
+    at module level only, checked below, so that import loads everything the stage runs);
   - exactly the params it reads: its `configure` runs on a recording view of params.yaml and
     the keys read are compared with its `params`.
 Each check is also run on a declaration with one entry removed, and must then fail.
@@ -37,17 +38,27 @@ def dvc_stages() -> dict:
     return stages
 
 
-def loaded_modules(stage: str) -> set[str]:
-    """Repo-relative paths of the btbnet/ and pipeline/ files `import pipeline.<stage>` loads."""
-    code = (
-        "import json, sys, pathlib\n"
-        f"import pipeline.{stage}\n"
-        "root = pathlib.Path.cwd().resolve()\n"
-        "files = {pathlib.Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, '__file__', None)}\n"
-        f"print(json.dumps(sorted(str(f.relative_to(root)) for f in files if f.is_relative_to(root) and f.relative_to(root).parts[0] in {CODE_DIRS!r})))\n"
-    )
+LOADED_BY_EACH = """
+import importlib, json, pathlib, sys
+root, found = pathlib.Path.cwd().resolve(), {}
+def project(name):
+    return name.split(".")[0] in CODE_DIRS
+for stage in STAGES:
+    for name in [n for n in sys.modules if project(n)]:
+        del sys.modules[name]  # as if in a fresh interpreter: the stage's import loads all it needs
+    importlib.import_module(f"pipeline.{stage}")
+    files = {pathlib.Path(m.__file__).resolve() for n, m in list(sys.modules.items()) if project(n) and getattr(m, "__file__", None)}
+    found[stage] = sorted(str(f.relative_to(root)) for f in files if f.is_relative_to(root))
+print(json.dumps(found))
+"""
+
+
+def loaded_modules() -> dict[str, set[str]]:
+    """For each stage, the repo-relative paths of the btbnet/ and pipeline/ files that
+    `import pipeline.<stage>` loads, from one interpreter."""
+    code = f"STAGES, CODE_DIRS = {STAGES!r}, {CODE_DIRS!r}\n{LOADED_BY_EACH}"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    return set(json.loads(done.stdout))
+    return {stage: set(files) for stage, files in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
 def code_deps(stage: dict) -> set[str]:
@@ -62,7 +73,7 @@ def dep_problems(loaded: set[str], declared: set[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def loaded() -> dict[str, set[str]]:
-    return {stage: loaded_modules(stage) for stage in STAGES}
+    return loaded_modules()
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -14,9 +14,9 @@ from btbnet import BTBNetConfig, build_model
 from btbnet.checkpoint import save_checkpoint
 from btbnet.data import DataError, InputConfig
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
-from pipeline.training import (
-    DATA_CACHE, RayConfig, ResumableSampler, RunStore, StageSpec, TrainConfig, load_state, local_folder, make_loader, run_key, save_state, ship_inputs,
-)  # fmt: skip
+from pipeline.training.config import RayConfig, StageSpec, TrainConfig
+from pipeline.training.store import DATA_CACHE, RunStore, local_folder, run_key, ship_inputs
+from pipeline.training.worker import ResumableSampler, load_state, make_loader, save_state
 from tests.pipeline_helpers import REPO
 
 DATA = REPO / "data/embedded/defocus/train"
@@ -142,3 +142,15 @@ def test_workers_copying_one_data_uri_at_once_all_get_the_whole_copy(tmp_path):
         copies = list(pool.map(lambda _: local_folder(source.as_uri()), range(6)))
     assert len(set(copies)) == 1 and tree(copies[0]) == tree(source)
     assert not [p for p in DATA_CACHE.iterdir() if p.name.startswith(f".{copies[0].name}-")]  # no leftovers
+
+
+def test_the_private_ray_hook_the_trainer_replaces_is_still_there():
+    """`pipeline.training.trainer.run_training` turns off Ray's SIGINT handler (which can wait
+    for ever on a stuck controller) by replacing the trainer's `_register_sigint_handler`; no
+    public setting does it. If Ray renames or drops the hook, this fails and the line must go."""
+    import inspect
+
+    from ray.train.torch import TorchTrainer
+
+    assert callable(getattr(TorchTrainer, "_register_sigint_handler", None))
+    assert "self._register_sigint_handler(" in inspect.getsource(TorchTrainer.__mro__[1])
