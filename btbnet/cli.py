@@ -24,7 +24,7 @@ from . import __version__
 from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
 from .export import DEFAULT_OUT, FORMATS, MissingPackage, export_model, require
-from .predict import DEFAULT_TTA, MAX_PIXELS, VIEWS, OverBudget, predict_paths, use_all_cores, with_views
+from .predict import DEFAULT_TTA, MAX_PIXELS, VIEWS, OverBudget, predict_paths, use_all_cores, with_views, writable_folder
 from .pretrained import DEFAULT, MODELS, load_model
 from .speed import PRECISIONS, SpeedConfig
 from .summary import summarize
@@ -141,7 +141,9 @@ def add_tta_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    # predict_paths checks every input and output name before it writes the first file.
+    # predict_paths checks every input and output name before it writes the first file; the
+    # output folder is checked first of all, before the model loads.
+    writable_folder(args.out)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     model, scale = load_model(args.model, map_location=args.device)

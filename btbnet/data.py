@@ -12,7 +12,12 @@ Reading rules, shared by every caller:
     to 8 bits as round(v / 257), not clipped as PIL's own conversion does. Alpha is dropped,
     not composited: the colour values are what the camera recorded, and compositing over a
     background would invent edges. Floating-point ("F") images are refused.
-  - EXIF orientation is ignored: masks are annotated on the stored pixel grid.
+  - Images are read as viewers show them: an EXIF orientation tag (a phone photo taken upright,
+    stored sideways) is applied, to images and masks alike, and sizes from headers account
+    for it (`image_size`).
+  - Still images only: a file of several frames (an animated GIF, WebP or PNG, a multi-page
+    TIFF) is refused with a `DataError` naming it, whether it is named on its own or found in
+    a folder (GIFs are listed like any image, so that one is never skipped silently).
   - Files are fully decoded (`Image.load`), so truncated or corrupt files fail at read time
     with a `DataError` that names them.
 """
@@ -30,14 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .augment import NUM_AUGMENTATIONS
 from .augment import augment as augment_pair
 from .config import ConfigError, check_int
 from .images import check_image, fit_within, resize
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # any case
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # any case
+ORIENTATION = 0x0112  # the EXIF tag; values 5…8 swap width and height
 POLARITIES: tuple[str, ...] = ("blurred", "in_focus")  # what white (255) means in the mask files
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 MASK_THRESHOLD = 128  # luminance >= 128 is white
@@ -120,14 +126,16 @@ def find_pairs(root: str | Path, image_dir: str = "image", mask_dir: str = "gt")
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(W, H) of an image file from its header alone (no decode); DataError naming the file
-    if it is missing, empty or not an image PIL reads."""
+    """(W, H) of an image file as viewers show it (EXIF orientation applied), from its header
+    alone (no decode); DataError naming the file if it is missing, empty or not an image PIL
+    reads."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         with Image.open(path) as img:
-            return img.size
+            turned = img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn: as viewers show it
+            return (img.height, img.width) if turned else img.size
     except _DECODE_ERRORS as exc:
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
 
@@ -325,17 +333,29 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def _open_decoded(path: Path, content: bytes | None = None) -> Image.Image:
-    """Open and fully decode `path` (or its `content`); DataError naming the file when that fails."""
+    """Open and fully decode `path` (or its `content`), turned as its EXIF orientation says;
+    DataError naming the file when that fails or when it holds several frames."""
     if content is None and not path.is_file():
         raise DataError(f"{path}: file not found")
     img = None
     try:
         img = Image.open(path if content is None else io.BytesIO(content))
-        img.load()  # force the full decode: truncated files fail here, not later
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            img.close()
+            img = None
+        else:
+            img.load()  # force the full decode: truncated files fail here, not later
+            turned = ImageOps.exif_transpose(img)  # a new image only when the tag turns it
+            if turned is not img:
+                img.close()
+                img = turned
     except _DECODE_ERRORS as exc:
         if img is not None:
             img.close()
         raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if img is None:
+        raise DataError(f"{path}: {frames} frames (an animation or a multi-page file); save the one to use as a still image")
     return img
 
 

@@ -1,7 +1,7 @@
 """The picture `btbnet predict --overlay` writes: image | focus map | shaded image, for eyes.
 
 Three tiles side by side under column headers ("image", "focus map", "overlay"), with a legend
-below them that says what the grey levels and the tint mean. Tiles are at least MIN_TILE px on
+below them that says what the grey levels and the marks mean. Tiles are at least MIN_TILE px on
 their shorter side: a smaller image is enlarged (nearest neighbour, so every image pixel stays a
 visible block) for display only; the focus map written next to it keeps the image's size.
 """
@@ -15,9 +15,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .images import check_image, resize
 
-# Third tile: blurred pixels are blended towards this colour, by this much.
-BLUR_TINT = np.array([20, 50, 150], dtype=np.float32)  # dark blue
-BLUR_STRENGTH = 0.65  # 0 keeps the image, 1 paints fully blurred pixels in BLUR_TINT
+# Third tile: blurred pixels lose their colour and light and are striped white and black, by
+# the blur's amount: visible on any scene, blue water and sky or white snow or a dark night.
+BLUR_DARKEN = 0.45  # a fully blurred pixel keeps this share of its grey level
+STRIPE_PERIOD = 12  # px, along the diagonal: a white line, then a black one, then the pixels
+STRIPE_WIDTH = 2  # px of each line
+STRIPE_OPACITY = 0.75  # of the lines over a fully blurred pixel
 MIN_TILE = 256  # px, the shorter side of a tile at least
 HEADERS = ("image", "focus map", "overlay")
 BACKGROUND = (245, 245, 245)
@@ -64,20 +67,30 @@ def layout(size: tuple[int, int]) -> Layout:
 
 
 def shade(image: np.ndarray, focus_map: np.ndarray) -> np.ndarray:
-    """`image` with its blurred part tinted: each pixel blended towards BLUR_TINT by
-    BLUR_STRENGTH × (1 − map / 255); in-focus pixels keep their colours."""
-    blurred = BLUR_STRENGTH * (1.0 - focus_map[:, :, None].astype(np.float32) / 255)  # [H, W, 1]
-    shaded = image.astype(np.float32) * (1 - blurred) + BLUR_TINT * blurred  # [H, W, 3]
+    """`image` with its blurred part marked, by b = 1 − map / 255 per pixel: its colour drained
+    to grey and darkened (to BLUR_DARKEN × the grey at b = 1), and diagonal lines, white then
+    black, drawn over it with opacity STRIPE_OPACITY × b; in-focus pixels (b = 0) keep theirs.
+    The lines make a blurred region stand out on any colour, where a tint would vanish on its
+    own hue."""
+    b = 1.0 - focus_map[:, :, None].astype(np.float32) / 255  # [H, W, 1] how blurred
+    pixels = image.astype(np.float32)
+    grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # [H, W]
+    base = pixels * (1 - b) + (BLUR_DARKEN * grey)[:, :, None] * b
+    rows, cols = np.indices(focus_map.shape)
+    phase = (rows + cols) % STRIPE_PERIOD
+    line = np.where(phase < STRIPE_WIDTH, 255.0, np.where((phase >= STRIPE_PERIOD // 2) & (phase < STRIPE_PERIOD // 2 + STRIPE_WIDTH), 0.0, np.nan))
+    alpha = np.where(np.isnan(line), 0.0, STRIPE_OPACITY)[:, :, None] * b  # [H, W, 1]
+    shaded = base * (1 - alpha) + np.nan_to_num(line)[:, :, None] * alpha
     return np.clip(np.rint(shaded), 0, 255).astype(np.uint8)
 
 
 def legend_entries() -> list[tuple[tuple[int, int, int], str]]:
     """(swatch colour, text) per legend line."""
-    tint = tuple(int(c) for c in shade(np.full((1, 1, 3), 128, np.uint8), np.zeros((1, 1), np.uint8))[0, 0])
+    drained = tuple(int(c) for c in shade(np.full((1, 1, 3), (200, 120, 60), np.uint8), np.zeros((1, 1), np.uint8))[0, 0])
     return [
         ((255, 255, 255), "in focus: white in the focus map; original colours in the overlay"),
         ((0, 0, 0), "blurred: black in the focus map (grey: in between)"),
-        (tint, "blurred: tinted dark blue and darkened in the overlay (stronger = more blurred)"),
+        (drained, "blurred: greyed, darkened and striped white and black in the overlay (stronger = more blurred)"),
     ]
 
 
@@ -87,8 +100,8 @@ def overlay(image: np.ndarray, focus_map: np.ndarray) -> np.ndarray:
     Tiles, left to right, under the headers "image", "focus map", "overlay":
       1. the image itself;
       2. the focus map as grey (white = in focus, black = blurred);
-      3. the image with its blurred part shaded (`shade`): tinted towards BLUR_TINT (dark blue)
-         and darkened, the more the blurrier; in-focus pixels keep their colours.
+      3. the image with its blurred part marked (`shade`): greyed, darkened and striped, the
+         more the blurrier; in-focus pixels keep their colours.
     Below them, a legend with a swatch per meaning. Each tile is the image's pixels enlarged
     (nearest neighbour) to `layout(...).tile` when the image is smaller than MIN_TILE.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,15 +31,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from .config import ConfigError
-from .data import DataError, list_images, load_rgb, to_tensor
+from .data import DataError, image_size, list_images, load_rgb, to_tensor
 from .images import check_image, fit_within
 from .io import save_png
 from .model import Prediction, eval_mode
-from .overlay import BLUR_STRENGTH, BLUR_TINT, overlay  # noqa: F401 (BLUR_*: part of this module's API)
+from .overlay import overlay
 from .speed import SpeedConfig
 
 # Default pixel budget: the most pixels the model may see per image, counted after any max_size
@@ -307,14 +307,35 @@ def predict_paths(
     return [path for job in jobs for path in written[job.source]]
 
 
+def writable_folder(out_dir: str | Path) -> Path:
+    """`out_dir` once it is known that the maps can be written there: it is a folder, or can be
+    made in the nearest folder above it that exists, and a file can be made (and is removed
+    again) in that folder. ValueError in one line naming it otherwise: a file of that name, a
+    read-only or forbidden place. Nothing is left behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: not a folder (a file has that name); the maps go in a folder")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{out_dir}: cannot be made, {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{out_dir}: cannot write there ({exc.strerror or exc})") from None
+    return out_dir
+
+
 def plan_jobs(
     inputs: Sequence[str | Path], out_dir: str | Path, overlay: bool, max_size: int | None, max_pixels: int | None
 ) -> list[Job]:
     """The jobs of `inputs`, all checked before any work: a missing path raises
     FileNotFoundError, two inputs claiming the same output name (same stem) raise ValueError
-    naming both, and an image the model would see at more than `max_pixels` pixels (see
-    `predict_map`; read from its header) raises `OverBudget` naming it."""
+    naming both, an output folder that is a file or cannot be written raises ValueError naming
+    it (`writable_folder`), and an image the model would see at more than `max_pixels` pixels
+    (see `predict_map`; read from its header) raises `OverBudget` naming it."""
     jobs = [Job(*job) for job in plan_outputs(expand_inputs(inputs), Path(out_dir), overlay)]
+    writable_folder(out_dir)
     for job in jobs:
         if (size := header_size(job.source)) is not None:
             check_budget(size, max_size, max_pixels, what=str(job.source))
@@ -443,13 +464,13 @@ def describe_done(done: Done) -> str:
 
 
 def header_size(path: Path) -> tuple[int, int] | None:
-    """(H, W) of the image file from its header, without decoding it; None if PIL cannot
-    open it (`load_rgb` then says why). EXIF orientation is ignored, as `load_rgb` does."""
+    """(H, W) of the image file as viewers show it, from its header, without decoding it;
+    None if PIL cannot open it (`load_rgb` then says why)."""
     try:
-        with Image.open(path) as img:
-            return img.height, img.width
+        width, height = image_size(path)
     except Exception:  # unreadable, or a decompression bomb: left to load_rgb's error
         return None
+    return height, width
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:

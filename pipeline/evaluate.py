@@ -1,7 +1,9 @@
 """Stage `evaluate`: section 4.2's criteria, under both scoring protocols, on every test set.
 
 Reads `finetune.model` (the model), `evaluate` and `baselines.metrics` (the baselines stage's
-figures). For each test set there is, `metrics/evaluate.json` holds the model's figures per
+figures). For each test set there is, `metrics/headline.json` holds the paper protocol's F and
+MAE (`<set>.F`, `<set>.MAE`: the first columns of `dvc exp show`, and the metrics of the DVC
+invocation's parent run in MLflow), `metrics/evaluate.json` the model's figures per
 protocol of `btbnet.metrics` ("paper": in-focus positives, adaptive threshold, F of the mean
 P and R and the per-image mean F, MAE, max-F; "ddff": blurred positives, threshold 0.5,
 per-image F averaged, MAE); the "paper" PR curve over thresholds 0…255 is a DVC plot
@@ -33,7 +35,7 @@ from . import stage
 from .figures import example_grid, plot_pr_curves
 from .params import Params, resolve
 from .testsets import TestSets, read_test_sets
-from .tracking import logged_model_id, stage_run
+from .tracking import log_headline, logged_model_id, stage_run
 
 NAME = "evaluate"
 
@@ -48,6 +50,7 @@ class EvaluateConfig:
     single forward pass); the outputs."""
 
     metrics: str
+    headline: str
     plots_dir: str
     figures_dir: str
     max_size: int | None = None
@@ -74,7 +77,7 @@ class EvaluateStage:
     @property
     def outputs(self) -> tuple[Path, ...]:
         e = self.evaluate
-        return resolve(e.metrics), resolve(e.plots_dir), resolve(e.figures_dir)
+        return resolve(e.headline), resolve(e.metrics), resolve(e.plots_dir), resolve(e.figures_dir)
 
 
 def configure(params: Params) -> EvaluateStage:
@@ -138,8 +141,12 @@ def run(cfg: EvaluateStage) -> None:
                     example_grid(rows, [caption(truth, focus) for _, truth, focus in rows], figures_dir / f"examples_{name}.png",
                                  title=f"{name}: BTBNet examples")  # fmt: skip
             (figures_dir / "table1.md").write_text(table)
+        headline = {name: {"F": r["paper"]["f_measure"], "MAE": r["paper"]["mae"]} for name, r in report.items()}
+        stage.write_json(resolve(e.headline), headline)
         stage.write_json(resolve(e.metrics), report)
-        mlflow.log_artifact(str(resolve(e.metrics)))
+        log_headline({f"{name}/{key}": value for name, row in headline.items() for key, value in row.items()})
+        for path in (resolve(e.headline), resolve(e.metrics)):
+            mlflow.log_artifact(str(path))
         for folder in (resolve(e.plots_dir), resolve(e.figures_dir)):
             mlflow.log_artifacts(str(folder), artifact_path=folder.name)
     print(table)

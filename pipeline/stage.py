@@ -11,28 +11,26 @@ Guarantees (README, "Reliability"):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
-import signal
+import re
 import socket
 import sys
-import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-
-import psutil
 
 from btbnet.config import ConfigError
 from btbnet.data import DataError
 from btbnet.io import atomic_output, remove
 
+from . import params as params_lib
 from .params import REPO_ROOT, Params, load_params
+from .process import INTERRUPTED, die_with_parent, interrupt_on_sigterm, interruption
 
 ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, FloatingPointError)  # bad input: exit 2
-INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
-PARENT_POLL_S = 1.0
 
 
 class StageConfig(Protocol):
@@ -54,16 +52,23 @@ def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None])
 
 
 def execute(stage: str, configure: Callable[[Params], C], run: Callable[[C], None], params: Params | None = None) -> int:
-    """Read params.yaml (or take `params`), build the stage's config, remove its old outputs,
-    run it; the exit status: 0, 2 for bad input (`<stage>: error: <message>` on stderr) or 130
-    for an interruption (`<stage>: interrupted (<signal>); no output written`)."""
+    """Read params.yaml (or take `params`), build the stage's config, check what the stage
+    needs before it touches anything (outputs inside the repo, the tracking server reachable),
+    remove its old outputs, run it. The exit status: 0; 2 for bad input or a system error such
+    as a full disk (`<stage>: error: <message>` on stderr, naming the key, the file or the
+    server); 130 for an interruption (`<stage>: interrupted (<signal>); no output written`)."""
     try:
         config = configure(load_params() if params is None else params)
+        check_outputs(config.outputs)
+        check_tracking_server()
         for path in config.outputs:  # none of a previous run's outputs may outlive a failed run
             remove(path)
         run(config)
     except ERRORS as exc:
         last_line(f"{stage}: error: {exc}")
+        return 2
+    except OSError as exc:  # a full disk, a folder it may not write: the path and the reason
+        last_line(f"{stage}: error: {f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}")
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:
         if (name := interruption(exc)) is None:
@@ -71,6 +76,39 @@ def execute(stage: str, configure: Callable[[Params], C], run: Callable[[C], Non
         last_line(f"{stage}: interrupted ({name}); no output written")
         return INTERRUPTED
     return 0
+
+
+def check_outputs(outputs: Sequence[Path]) -> None:
+    """ConfigError naming an output outside the repo: DVC refuses such outs, but only after the
+    stage has run (and left them there)."""
+    root = params_lib.REPO_ROOT.resolve()
+    for path in outputs:
+        if not Path(path).resolve().is_relative_to(root):
+            raise ConfigError(f"{path}: an output outside the repo ({root}); DVC tracks and caches outputs inside it only")
+
+
+TRACKING_TIMEOUT_S = 5.0
+
+
+def check_tracking_server(timeout_s: float = TRACKING_TIMEOUT_S) -> None:
+    """ValueError, "mlflow: cannot reach <uri>: <why>", unless the tracking server that
+    $MLFLOW_TRACKING_URI names (if an http(s) one) answers within `timeout_s`: MLflow's own
+    client would retry for minutes, after the stage had cleared its outputs."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered (an error status still says the server is there)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnreachable(f"mlflow: cannot reach {uri}: {reason}") from None
+
+
+class TrackingUnreachable(ValueError):
+    """The tracking server does not answer."""
 
 
 def last_line(line: str) -> None:
@@ -103,80 +141,6 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
 
 
-def interruption(exc: BaseException) -> str | None:
-    """The signal that `exc` stands for (KeyboardInterrupt: SIGINT or our SIGTERM; SystemExit(15):
-    SIGTERM while ray.init's own handler, which calls sys.exit, was in place), else None."""
-    if isinstance(exc, KeyboardInterrupt):
-        return _received[-1] if _received else "SIGINT"  # Ray may re-raise it without its args
-    if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
-        return "SIGTERM"
-    return None
-
-
-def interrupt_on_sigterm() -> None:
-    """SIGTERM raises KeyboardInterrupt("SIGTERM"), as SIGINT does: the same clean-up runs."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-
-
-_received: list[str] = []  # SIGTERMs turned into KeyboardInterrupt
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    _received.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt(_received[-1])
-
-
-SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "ash", "busybox", "fish"})
-
-
-def launchers() -> list[tuple[int, int]]:
-    """(pid, parent pid) of the processes that launched this one: the parent, and through any
-    shell wrappers (`dvc repro` runs a stage as `$SHELL -c cmd`, and dash does not exec the
-    command) the process that ran them, up to the first that is not a shell."""
-    chain, proc = [], psutil.Process().parent()
-    while proc is not None:
-        chain.append((proc.pid, proc.ppid()))
-        if proc.name() not in SHELLS:
-            break
-        proc = proc.parent()
-    return chain
-
-
-def die_with_parent() -> None:
-    """Get SIGTERM when the process that launched the stage (`dvc repro`, a shell) dies.
-
-    DVC ignores SIGINT while a stage runs but dies on SIGTERM without passing it on, so a
-    stage would go on and write its outputs behind DVC's back. Linux signals the death of the
-    parent itself (prctl PR_SET_PDEATHSIG); a thread watches the rest of `launchers()`: a
-    process whose parent pid changed was orphaned, i.e. the launcher above it died.
-    """
-    chain = launchers()
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    def orphaned() -> bool:
-        if os.getppid() != chain[0][0]:
-            return True
-        for pid, ppid in chain[:-1]:  # the shells between us and the launcher
-            with contextlib.suppress(psutil.Error):
-                if psutil.Process(pid).ppid() == ppid:
-                    continue
-            return True
-        return False
-
-    def watch() -> None:
-        while not orphaned():
-            threading.Event().wait(PARENT_POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if orphaned():  # a launcher died before the watch was armed
-        os.kill(os.getpid(), signal.SIGTERM)
-    elif len(chain) > 1 or not sys.platform.startswith("linux"):
-        threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
 @contextlib.contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A staging path for `out`, moved onto it only if the block succeeds.
@@ -185,8 +149,13 @@ def staged(out: Path) -> Iterator[Path]:
     there, neither half-written nor old.
     """
     remove(out)
-    with atomic_output(out) as tmp:
-        yield tmp
+    try:
+        with atomic_output(out) as tmp:
+            yield tmp
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from None  # a failed write names no file: name the output
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -214,6 +183,33 @@ def free_ports(count: int) -> list[int]:
 
 # GCS, dashboard, client server and dashboard agent: what every `ray start` claims unless told otherwise.
 RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+# What Ray's own processes print that says nothing wrong about the run, matched line by line as
+# Ray forwards them to the stage's stderr (each one checked against the run that printed it):
+HARMLESS_RAY_LINES = (
+    # Ray Train's preemption watcher takes actor handles as constructor arguments; Ray's core
+    # worker logs that at error level on every worker-group start (ray-project/ray#53727).
+    re.compile(r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store and max_restarts > 0"),
+)
+
+
+class RayLineFilter:
+    """The stage's stderr without HARMLESS_RAY_LINES: Ray writes a forwarded line, then its
+    newline, each a `write`; both are dropped. Everything else passes unchanged."""
+
+    def __init__(self, stream: Any):
+        self.stream, self._dropped = stream, False
+
+    def write(self, text: str) -> int:
+        if self._dropped and text == "\n":
+            self._dropped = False
+            return len(text)
+        self._dropped = any(p.search(text) for p in HARMLESS_RAY_LINES)
+        return len(text) if self._dropped else self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def state_api_address(address: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -270,6 +266,8 @@ def init_ray(env_vars: dict[str, str] | None = None) -> bool:
         **kwargs,
     )
     interrupt_on_sigterm()  # ray.init installs its own handler (sys.exit)
+    if not isinstance(sys.stderr, RayLineFilter):
+        sys.stderr = RayLineFilter(sys.stderr)  # Ray's log thread looks sys.stderr up at each line
     if getattr(context, "dashboard_url", None):
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     return address == "local"

@@ -25,16 +25,19 @@ from typing import Any, Iterator
 
 import mlflow
 import psutil
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from btbnet.config import flatten
 from btbnet.io import file_sha256
 
-from . import stage as stage_lib
+from . import process
 from .params import REPO_ROOT
 
 EXPERIMENT = "btbnet"
+# MLflow 3's UI opens an experiment on its GenAI overview unless this tag says it trains models:
+# then on its runs table (the training view).
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 PARENT_TAG = "btbnet.invocation"  # the DVC process a parent run stands for
@@ -68,7 +71,7 @@ def invocation() -> str | None:
     stage (the first of its launchers that is not a shell); None outside DVC."""
     if "DVC_STAGE" not in os.environ:
         return None
-    pid = stage_lib.launchers()[-1][0]
+    pid = process.launchers()[-1][0]
     with contextlib.suppress(psutil.Error):
         return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.0f}"
     return None
@@ -117,9 +120,12 @@ def stage_run(stage: str, params: dict[str, Any], run_key: str | None = None, re
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # a server keeps the artifacts itself
         local = None if os.environ.get("MLFLOW_TRACKING_URI") else (workspace_root() / "mlruns").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=local)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=local, tags={EXPERIMENT_KIND: MODEL_TRAINING})
     experiment = mlflow.set_experiment(EXPERIMENT)
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:  # a store made before the tag
+        MlflowClient(tracking_uri()).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     close_orphaned_runs(experiment.experiment_id, stage)
+    close_orphaned_parents(experiment.experiment_id)
     owner = {"btbnet.host": socket.gethostname(), "btbnet.pid": str(os.getpid())}
     tags = pipeline_tags(stage) | owner | ({"btbnet.run_key": run_key} if run_key else {})
     client = MlflowClient(tracking_uri())
@@ -137,13 +143,22 @@ def stage_run(stage: str, params: dict[str, Any], run_key: str | None = None, re
             try:
                 yield run
             except (KeyboardInterrupt, SystemExit) as exc:
-                status = RunStatus.to_string(RunStatus.KILLED if stage_lib.interruption(exc) else RunStatus.FAILED)
+                status = RunStatus.to_string(RunStatus.KILLED if process.interruption(exc) else RunStatus.FAILED)
                 mlflow.end_run(status)
                 raise
         status = "FINISHED"
     finally:
         if parent is not None:
             client.set_terminated(parent, status)
+
+
+def log_headline(metrics: dict[str, float]) -> None:
+    """`metrics` on the active stage run and on its parent, the run of the whole DVC invocation,
+    so that MLflow's runs table compares experiments without expanding them."""
+    mlflow.log_metrics(metrics)
+    parent = mlflow.active_run().data.tags.get("mlflow.parentRunId")
+    if parent is not None:
+        MlflowClient(tracking_uri()).log_batch(parent, metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()])
 
 
 def unfinished_run(experiment_id: str, stage: str, run_key: str) -> str | None:
@@ -171,6 +186,30 @@ def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             closed.append(run.info.run_id)
     return closed
+
+
+def close_orphaned_parents(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING parent runs of DVC invocations on this host that are gone (a
+    `dvc repro` SIGKILLed while a stage ran: nothing in it could close its run); their ids."""
+    client = MlflowClient(tracking_uri())
+    host = socket.gethostname()
+    runs = client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`{PARENT_TAG}` LIKE '{host}:%'")
+    closed = []
+    for run in runs:
+        _, pid, started = run.data.tags[PARENT_TAG].rsplit(":", 2)
+        if not invocation_alive(int(pid), started):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            closed.append(run.info.run_id)
+    return closed
+
+
+def invocation_alive(pid: int, started: str) -> bool:
+    """Whether process `pid` is the one that started at `started` (seconds, as `invocation`
+    writes it) and still runs: a new process may have taken a dead one's pid."""
+    try:
+        return f"{psutil.Process(pid).create_time():.0f}" == started
+    except psutil.Error:
+        return False
 
 
 def alive(pid: int) -> bool:

@@ -48,6 +48,9 @@ def stage_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV and not k.startswith("DVC_")}
     env["PATH"] = f"{PYTHON_DIR}{os.pathsep}{env.get('PATH', '')}"
     env["SHELL"] = "/bin/sh"  # DVC runs stages with $SHELL -c: the same shell wherever the tests run
+    # Ray Train polls its workers every 2 s by default (README, "Scale-out"): a tiny run spends
+    # most of its life waiting for the poll to see it start and finish; 0.2 s here.
+    env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "pipeline tests"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@example.invalid"
     return env
@@ -68,7 +71,7 @@ def output_paths(params: dict[str, Any]) -> list[str]:
     """Every path a stage writes (dvc.yaml's outs, metrics and plots), as in params.yaml."""
     s, p, f, b, e = (params[k] for k in ("synthesize", "pretrain", "finetune", "baselines", "evaluate"))
     return [s["out_dir"], s["metrics"], p["model"], p["metrics"], f["model"], f["metrics"], b["metrics"],
-            e["metrics"], e["plots_dir"], e["figures_dir"]]  # fmt: skip
+            e["headline"], e["metrics"], e["plots_dir"], e["figures_dir"]]  # fmt: skip
 
 
 def git(repo: Path, *args: str) -> str:
@@ -107,11 +110,12 @@ class RayStarted(AssertionError):
     """A stage that should have failed before Ray tried to start it."""
 
 
-def execute_stage(repo: Path, stage: str, monkeypatch: Any, capsys: Any) -> tuple[int, str]:
+def execute_stage(repo: Path, stage: str, monkeypatch: Any, capsys: Any, tracking_uri: str | None = None) -> tuple[int, str]:
     """Stage `stage` run in this process on `repo`'s params.yaml, as `python -m pipeline.<stage>`
     runs it up to the point it would start Ray: (exit status, stderr). Paths in the params
-    resolve in `repo`; MLflow logs to a store beside it (`<repo>/../inprocess.db`, which must
-    stay absent when the stage fails before its run); starting Ray raises `RayStarted`."""
+    resolve in `repo`; MLflow logs to `tracking_uri`, by default a store beside the repo
+    (`<repo>/../inprocess.db`, which must stay absent when the stage fails before its run);
+    starting Ray raises `RayStarted`."""
     import importlib
 
     import pipeline.params
@@ -119,7 +123,7 @@ def execute_stage(repo: Path, stage: str, monkeypatch: Any, capsys: Any) -> tupl
 
     module = importlib.import_module(f"pipeline.{stage}")
     monkeypatch.setattr(pipeline.params, "REPO_ROOT", repo)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo.parent / 'inprocess.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{repo.parent / 'inprocess.db'}")
 
     def no_ray(*args: Any, **kwargs: Any) -> bool:
         raise RayStarted(f"{stage} started Ray")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
-from btbnet.checkpoint import unwrap
+from btbnet.checkpoint import read_config, unwrap
 
 CONFIG = BTBNetConfig(variant="fast", width=0.0625, scales=(1.0, 0.8), rrnet_steps=2)
 
@@ -164,3 +164,34 @@ def test_rejected_pickle_is_a_one_line_error(tmp_path: Path) -> None:
         load_checkpoint(path)
     # not torch's paragraph, which advises the unsafe weights_only=False
     assert str(info.value) == f"{path}: not a btbnet checkpoint (refused: it holds Python objects, not plain weights)"
+
+
+def test_a_config_edited_after_saving_is_refused_even_when_the_weights_fit(model: nn.Module, tmp_path: Path) -> None:
+    """`fast` → `paper` and another RRNet depth keep every weight's shape: without the digest
+    the edited checkpoint would load and give other maps."""
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"] |= {"variant": "paper", "rrnet_steps": 1}
+    torch.save(payload, path)
+    for read in (load_checkpoint, read_config):
+        with pytest.raises(ValueError) as err:
+            read(path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: its config or weights were changed after it was saved (digest ") and "\n" not in message
+        assert '"variant": "paper"' in message  # what it says now, for the one who edited it
+
+
+def test_weights_that_do_not_fit_keep_the_detail_in_one_line(model: nn.Module, tmp_path: Path) -> None:
+    """A format-1 checkpoint (no digest) whose config claims other shapes: torch's several-line
+    message becomes one line that still says which tensors and shapes."""
+    path = save_checkpoint(model, tmp_path / "ckpt.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["digest"]
+    payload["format_version"] = 1
+    payload["config"]["width"] = 0.125
+    torch.save(payload, path)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: weights do not match the stored config (") and "\n" not in message
+    assert re.search(r"size mismatch for streams\.0\.backbone\.blocks\.0\.convs\.0\.weight: copying a param with shape torch\.Size\(\[4, 3, 3, 3\]\)", message), message

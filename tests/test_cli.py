@@ -364,3 +364,38 @@ def test_an_unknown_mlflow_model_is_one_line_naming_it(tmp_path, monkeypatch, ca
     assert main(["predict", str(tmp_path / "x.png"), "--model", "models:/nope@candidate"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("btbnet: error: models:/nope@candidate: cannot read this MLflow model"), err
+
+
+def test_out_is_checked_before_any_work(checkpoint, images, tmp_path, capsys):
+    """A file where the output folder should be, or a place that cannot be written, is one line
+    before the model loads (a missing model would otherwise be the error) and before any image."""
+    (tmp_path / "maps.png").write_bytes(b"a file")
+    unwritable = Path("/proc/btbnet-maps")  # /proc takes no new files, whoever asks
+    for out, message in [(tmp_path / "maps.png", "not a folder (a file has that name)"), (unwritable, "cannot write there (")]:
+        assert main(["predict", str(tmp_path / "in"), "--model", str(tmp_path / "no-model.pt"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"btbnet: error: {out}: {message}"), err
+    assert (tmp_path / "maps.png").read_bytes() == b"a file"
+
+
+def test_a_phone_photo_gets_an_upright_map(checkpoint, tmp_path):
+    """Orientation = 6: stored 30×20 (W×H) sideways, shown 20×30; the map and its overlay are shown-size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    assert main(["predict", str(tmp_path / "phone.jpg"), "--model", str(checkpoint), "--out", str(tmp_path / "out"), "--overlay", "--tta", "none"]) == 0
+    with Image.open(tmp_path / "out" / "phone.png") as focus:
+        assert focus.size == (20, 30)
+    with Image.open(tmp_path / "out" / "phone_overlay.png") as picture:
+        assert (picture.height, picture.width) == layout((30, 20)).size  # three upright tiles side by side
+
+
+def test_an_animation_is_one_line_named_on_its_own_or_in_a_folder(checkpoint, tmp_path, capsys):
+    frames = [Image.new("RGB", (8, 6), c) for c in ("red", "green")]
+    (tmp_path / "in").mkdir()
+    frames[0].save(tmp_path / "in" / "moving.gif", save_all=True, append_images=frames[1:])
+    for target in (tmp_path / "in" / "moving.gif", tmp_path / "in"):
+        assert main(["predict", str(target), "--model", str(checkpoint), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"btbnet: error: {tmp_path / 'in' / 'moving.gif'}: 2 frames (an animation or a multi-page file); save the one to use as a still image"
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

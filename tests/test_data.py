@@ -15,6 +15,7 @@ from btbnet.data import (
     DataError,
     PairDataset,
     find_pairs,
+    image_size,
     list_images,
     load_mask,
     load_pair,
@@ -186,7 +187,7 @@ def test_list_images_filters_and_sorts(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub.png").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG", "c.TiFF"]
-    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def test_list_images_errors_name_the_folder(tmp_path):
@@ -406,3 +407,41 @@ def test_a_pair_smaller_than_the_crop_is_upscaled_first(tmp_path):
     striped_pair(tmp_path, "a", 10, 16)
     image, mask = PairDataset(tmp_path, "blurred", size=None, crop_size=20).arrays(0)
     assert image.shape == (20, 20, 3) and set(np.unique(mask)) <= {0, 255}
+
+
+# --- photos as viewers show them ------------------------------------------------------------------
+
+# EXIF orientation → where the stored grid's top-left pixel shows (row, col of the shown image of
+# a stored H×W = 4×6 picture), and the shown size; written out from the EXIF specification.
+ORIENTATIONS = {1: ((0, 0), (4, 6)), 2: ((0, 5), (4, 6)), 3: ((3, 5), (4, 6)), 4: ((3, 0), (4, 6)),
+                5: ((0, 0), (6, 4)), 6: ((0, 3), (6, 4)), 7: ((5, 3), (6, 4)), 8: ((5, 0), (6, 4))}  # fmt: skip
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS, ids=lambda o: f"orientation-{o}")
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied_to_images_masks_and_header_sizes(tmp_path, orientation, suffix):
+    """A phone photo stored sideways with Orientation = 6 is read upright, as every viewer shows it."""
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, 0] = 255  # the stored top-left pixel, white
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo{suffix}"
+    Image.fromarray(stored).save(path, exif=exif, **({"quality": 100, "subsampling": 0} if suffix == ".jpg" else {}))
+    corner, shape = ORIENTATIONS[orientation]
+    image = load_rgb(path)
+    assert image.shape[:2] == shape and image_size(path) == shape[::-1]  # (W, H) from the header agrees
+    assert tuple(np.argwhere(image[..., 0] > 128)[0]) == corner
+    mask = load_mask(path, "in_focus")
+    assert mask.shape == shape and tuple(np.argwhere(mask == 255)[0]) == corner
+
+
+def test_an_animation_is_refused_naming_it_alone_or_in_a_folder(tmp_path):
+    """One rule for a file named on its own and for one found in a folder: still images only
+    (a GIF of one frame is a still image)."""
+    frames = [Image.new("RGB", (8, 6), c) for c in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.gif")
+    assert load_rgb(tmp_path / "still.gif").shape == (6, 8, 3)
+    with pytest.raises(DataError, match=starts_with_path(tmp_path / "moving.gif") + ": 3 frames \\(an animation or a multi-page file\\)"):
+        load_rgb(tmp_path / "moving.gif")
+    assert [p.name for p in list_images(tmp_path)] == ["moving.gif", "still.gif"]  # listed, not skipped in silence

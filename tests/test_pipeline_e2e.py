@@ -146,6 +146,7 @@ def test_evaluation_metrics_curves_and_figures(repo, params, repro):
     figures = repo / e["figures_dir"]
     pngs = ["pr_curves.png", *(f"examples_{name}.png" for name in names)]
     assert sorted(p.name for p in figures.iterdir()) == sorted([*pngs, "table1.md"])
+    assert {p: list(by_key) for p, by_key in json.loads((repo / e["headline"]).read_text()).items()} == {n: ["F", "MAE"] for n in names}
     for png in pngs:
         with Image.open(figures / png) as img:
             assert img.format == "PNG" and min(img.size) > 16
@@ -160,11 +161,17 @@ def parent_runs(client: MlflowClient, exp_name: str) -> list[Run]:
     return [r for r in runs if "btbnet.stage" not in r.data.tags]
 
 
-def test_mlflow_has_one_run_per_stage_nested_under_one_parent_per_repro(repo, client, repro):
+def test_mlflow_has_one_run_per_stage_nested_under_one_parent_per_repro(repo, client, params, repro):
     runs = stage_runs(client, "workspace")
     assert sorted(runs) == sorted(STAGES)
     [parent] = parent_runs(client, "workspace")
     assert parent.info.run_name == "workspace" and parent.info.status == "FINISHED"
+    # the parent carries evaluate's headline (the runs table compares experiments without expanding them)
+    headline = json.loads((repo / params["evaluate"]["headline"]).read_text())
+    assert parent.data.metrics == {f"{name}/{key}": value for name, row in headline.items() for key, value in row.items()}
+    assert headline["embedded"]["F"] == json.loads((repo / params["evaluate"]["metrics"]).read_text())["embedded"]["paper"]["f_measure"]
+    # the experiment opens in MLflow's model-training view, not its GenAI overview
+    assert client.get_experiment_by_name("btbnet").tags["mlflow.experimentKind"] == "custom_model_development"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
     assert {r.info.run_name for r in runs.values()} == {f"workspace/{stage}" for stage in STAGES}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
@@ -224,6 +231,12 @@ def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, rep
         scripted = torch.jit.load(mlflow.artifacts.download_artifacts(f"{logged.artifact_location}/extra_files/btbnet.torchscript"))
         with torch.no_grad():
             torch.testing.assert_close(scripted(image), torch.sigmoid(btbnet.load_checkpoint(repo / params[stage]["model"])(image).final))
+        local = Path(mlflow.artifacts.download_artifacts(logged.artifact_location))
+        assert not list(local.rglob("weights/*.pt"))  # the code it carries has no released weights
+        example = json.loads((local / "serving_input_example.json").read_text())["inputs"]
+        patch = np.asarray(example, dtype=np.float32)
+        assert patch.shape[:2] == (1, 3) and patch.std() > 0.02  # a photo patch, not noise: neighbours alike
+        assert np.abs(np.diff(patch, axis=-1)).mean() < 0.5 * np.abs(patch - patch.mean()).mean()
         model = mlflow.pytorch.load_model(logged.artifact_location)
         checkpoint = btbnet.load_checkpoint(repo / params[stage]["model"])
         with torch.no_grad():
@@ -386,8 +399,9 @@ def test_exp_show_leads_with_the_headline_metrics_and_only_changed_drops_the_cod
     done = dvc(exp_repo, "exp", "show", "--no-pager", "--csv")
     assert done.returncode == 0, describe(done)
     header = done.stdout.splitlines()[0].split(",")
-    first_metric = header[header.index("Created") + 2]  # after Created and parent
-    assert first_metric.startswith("embedded.") or first_metric.startswith("metrics/evaluate.json:embedded"), header[:8]
+    first = header.index("Created") + 1  # the metric columns come after Created
+    assert header[first : first + 2] == ["embedded.F", "embedded.MAE"], header[:8]  # the paper protocol's headline, per test set
+    assert not [c for c in header if "f_measure_code" in c]  # no column that repeats another
     changed = dvc(exp_repo, "exp", "show", "--no-pager", "--csv", "--only-changed").stdout.splitlines()[0].split(",")
     assert not [c for c in changed if c.startswith(("btbnet/", "pipeline/"))], changed
     assert "scales" in changed and any("f_measure" in c for c in changed), changed
@@ -446,7 +460,7 @@ def test_a_queue_of_two_experiments_runs_to_the_end(queue_repo):
     repo, client = queue_repo, MlflowClient(f"sqlite:///{queue_repo / 'mlflow.db'}")
     names = ["q-finetune-longer", "q-two-examples"]
     reran = {"q-finetune-longer": ["evaluate", "finetune"], "q-two-examples": ["evaluate"]}
-    for name, setting in zip(names, ["finetune.loop.max_steps_per_epoch=3", "evaluate.examples=2"]):
+    for name, setting in zip(names, ["+finetune.loop.max_steps_per_epoch=3", "evaluate.examples=2"]):  # + adds a key
         queued = dvc(repo, "exp", "run", "--queue", "-n", name, "-S", setting)
         assert queued.returncode == 0, describe(queued)
     assert dvc(repo, "queue", "start", "-j", "1").returncode == 0

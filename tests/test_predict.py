@@ -17,8 +17,6 @@ from btbnet.model import Prediction
 from btbnet.pretrained import load_pretrained
 from btbnet.overlay import BACKGROUND, HEADERS, INK, Layout, layout, legend_entries, shade
 from btbnet.predict import (
-    BLUR_STRENGTH,
-    BLUR_TINT,
     MAX_PIXELS,
     VIEWS,
     Job,
@@ -170,10 +168,31 @@ def test_overlay_tiles_enlarge_a_small_image_for_display():
     np.testing.assert_array_equal(tile(picture, grid, 1), enlarged(np.repeat(focus[:, :, None], 3, axis=2), 64))
     shaded = tile(picture, grid, 2)[::64, ::64].astype(np.float32)  # one pixel per image pixel
     np.testing.assert_array_equal(shaded[:, [0, 3]], image[:, [0, 3]])  # in focus: untouched
-    blurred = image[:, 1].astype(np.float32) * (1 - BLUR_STRENGTH) + BLUR_TINT * BLUR_STRENGTH
-    np.testing.assert_allclose(shaded[:, 1], blurred, atol=0.5)  # blurred: darkened towards the tint
+    assert np.abs(shaded[:, 1] - image[:, 1]).mean() > 30  # blurred: marked
     with pytest.raises(ValueError, match="focus_map"):
         overlay(image, focus[:, :3])
+
+
+SCENES = {"underwater blue": (10, 60, 170), "sky": (120, 180, 235), "snow": (250, 250, 252), "night": (5, 5, 12), "grass": (60, 140, 40)}
+
+
+@pytest.mark.parametrize("colour", SCENES.values(), ids=SCENES.keys())
+def test_blurred_regions_stand_out_in_the_overlay_whatever_the_scene_colour(colour):
+    """Left half in focus, right half blurred, on a scene of one colour: the blurred half differs
+    from the in-focus half (the image's own colour) by a lot, in brightness or in its stripes."""
+    image = np.empty((96, 96, 3), np.uint8)
+    image[:] = colour
+    image = np.clip(image.astype(int) + np.random.default_rng(0).integers(-6, 7, image.shape), 0, 255).astype(np.uint8)  # some texture
+    focus = np.zeros((96, 96), np.uint8)
+    focus[:, :48] = 255
+    marked = shade(image, focus).astype(np.float32)
+    sharp, blurred = marked[:, :48], marked[:, 48:]
+    np.testing.assert_array_equal(sharp, image[:, :48])
+    difference = np.abs(blurred - image[:, 48:].astype(np.float32)).mean(axis=2)  # [96, 48] per pixel
+    assert difference.mean() > 35, difference.mean()
+    assert (difference > 60).mean() >= 1 / 6 - 0.02  # the stripes: white or black lines (each 1/6 of the pixels), whichever the colour is not
+    grey = blurred @ np.array([0.299, 0.587, 0.114], np.float32)
+    assert grey.std() > 3 * (image[:, :48].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).std()
 
 
 def test_overlay_has_column_headers_and_a_legend():
@@ -194,8 +213,8 @@ def test_overlay_has_column_headers_and_a_legend():
     legend = picture[grid.origin(0)[0] + 300 :]
     assert legend.shape[0] == grid.legend
     swatches = {colour for colour, _ in legend_entries()}
-    tint = shade(np.full((1, 1, 3), 128, np.uint8), np.zeros((1, 1), np.uint8))[0, 0]
-    assert tuple(tint) in swatches and (255, 255, 255) in swatches and (0, 0, 0) in swatches
+    drained = shade(np.full((1, 1, 3), (200, 120, 60), np.uint8), np.zeros((1, 1), np.uint8))[0, 0]  # an orange, blurred
+    assert tuple(drained) in swatches and (255, 255, 255) in swatches and (0, 0, 0) in swatches
     for colour in swatches:  # each swatch drawn as a filled square
         assert (legend == np.array(colour, np.uint8)).all(axis=2).sum() >= (grid.font - 2) ** 2
     assert (legend != background).any(axis=2).sum() > 3 * grid.font**2 + 500  # and the explanations

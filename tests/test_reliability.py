@@ -41,7 +41,7 @@ OUTPUTS = {
     "synthesize": ("data/synthetic", "metrics/synthesize.json"),
     "pretrain": ("models/pretrain.pt", "metrics/pretrain.json"),
     "finetune": ("models/finetune.pt", "metrics/finetune.json"),
-    "evaluate": ("metrics/evaluate.json", "metrics/pr_curves", "figures"),
+    "evaluate": ("metrics/headline.json", "metrics/evaluate.json", "metrics/pr_curves", "figures"),
 }
 
 
@@ -257,7 +257,8 @@ def test_a_pair_that_only_fails_to_decode_in_a_worker_is_the_same_one_line_error
     write_pretrained(repo)
     kept = {"defocus_0003", "defocus_0004"}  # two pairs × 16 augmentations: every one is read in seconds
     (repo / "held_out.txt").write_text("".join(f"{p.stem}\n" for p in sorted((repo / DATA / "image").iterdir()) if p.stem not in kept))
-    write_params(repo, {"train": {"loop": {"max_steps_per_epoch": None}}, "finetune": {"exclude": "held_out.txt"}})
+    # one restart (the least that shows it): it meets the bad input that ended the first attempt and fails at once
+    write_params(repo, {"train": {"loop": {"max_steps_per_epoch": None}, "ray": {"max_failures": 1}}, "finetune": {"exclude": "held_out.txt"}})
     bad = repo / DATA / "image" / "defocus_0003.png"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header is intact
     done = run_stage(repo, "finetune", timeout=300)
@@ -349,3 +350,87 @@ def test_after_a_sigkill_a_changed_stage_closes_the_stale_run_and_starts_afresh(
     assert "resumed at" not in done.stdout + done.stderr
     assert stage_runs(repo) == [("workspace/pretrain", "KILLED"), ("workspace/pretrain", "FINISHED")]
     assert list((repo / ".ray_runs").glob("*")) == []
+
+
+# --- fail first, in one line, with nothing deleted ---------------------------------------------
+
+
+def test_an_unreachable_tracking_server_fails_first_with_nothing_deleted(repo, monkeypatch, capsys):
+    """Checked with a short timeout before the stage clears anything: MLflow's own client would
+    retry for minutes after the outputs were gone."""
+    plant_old_outputs(repo, "evaluate")
+    status, stderr = execute_stage(repo, "evaluate", monkeypatch, capsys, tracking_uri="http://127.0.0.1:9")  # discard port
+    assert status == 2, stderr
+    assert error_line(stderr, "evaluate").startswith("evaluate: error: mlflow: cannot reach http://127.0.0.1:9: ")
+    assert [rel for rel in OUTPUTS["evaluate"] if not (repo / rel).exists()] == []  # the previous run's outputs are all there
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_an_output_outside_the_repo_is_refused_before_any_work(repo, tmp_path, monkeypatch, capsys):
+    elsewhere = tmp_path / "elsewhere" / "synthetic"
+    write_params(repo, {"synthesize": {"out_dir": str(elsewhere)}})
+    status, stderr = execute_stage(repo, "synthesize", monkeypatch, capsys)  # starting Ray would raise
+    assert status == 2, stderr
+    assert error_line(stderr, "synthesize") == (
+        f"synthesize: error: {elsewhere}: an output outside the repo ({repo.resolve()}); DVC tracks and caches outputs inside it only"
+    )
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path, capsys, monkeypatch):
+    """A write that fails for want of space names no file itself; the stage names the output
+    it was writing (and the staging copy is gone)."""
+    from pipeline import params as params_lib
+    from pipeline import stage
+
+    monkeypatch.setattr(params_lib, "REPO_ROOT", tmp_path)
+    out = tmp_path / "data" / "synthetic"
+
+    class Config:
+        outputs = (out,)
+
+    def run(config: Config) -> None:
+        with stage.staged(out) as staging:
+            staging.mkdir()
+            raise OSError(28, "No space left on device")  # as a write() on a full disk raises it
+
+    assert stage.execute("synthesize", lambda params: Config(), run, params={}) == 2
+    assert error_line(capsys.readouterr().err, "synthesize") == f"synthesize: error: {out}: No space left on device"
+    assert list(out.parent.iterdir()) == []  # neither the output nor its staging folder
+
+
+def test_ray_lines_that_say_nothing_wrong_are_dropped_at_the_driver():
+    import io
+
+    from pipeline.stage import RayLineFilter
+
+    stream = io.StringIO()
+    stderr = RayLineFilter(stream)
+    harmless = ("\x1b[36m(TrainController pid=4599)\x1b[0m [2026-12-07 11:59:49,401 E 4599 4659] core_worker.cc:2465: Actor with class "
+                "name: 'PreemptionWatcher' and ID: '3e4b' has constructor arguments in the object store and max_restarts > 0. If the "
+                "arguments in the object store go out of scope or are lost, the actor restart will fail.")  # fmt: skip
+    for line in ["(RayTrainWorker pid=1) pretrain: step 2/2", harmless, "(TrainController pid=2) Worker group failed: boom"]:
+        print(line, file=stderr)
+    assert stream.getvalue() == "(RayTrainWorker pid=1) pretrain: step 2/2\n(TrainController pid=2) Worker group failed: boom\n"
+
+
+def test_a_parent_run_whose_dvc_was_killed_is_closed_as_killed(tmp_path, monkeypatch):
+    """A `dvc repro` SIGKILLed while a stage ran leaves its parent run RUNNING; the next stage
+    on this host marks it KILLED (and leaves the parent of a live invocation alone)."""
+    import socket
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("btbnet")
+    host = socket.gethostname()
+    me = psutil.Process()
+    gone = client.create_run(experiment, tags={tracking.PARENT_TAG: f"{host}:999999:12"}).info.run_id
+    live = client.create_run(experiment, tags={tracking.PARENT_TAG: f"{host}:{me.pid}:{me.create_time():.0f}"}).info.run_id
+    assert tracking.close_orphaned_parents(experiment) == [gone]
+    assert client.get_run(gone).info.status == "KILLED" and client.get_run(live).info.status == "RUNNING"

@@ -78,6 +78,12 @@ class Cluster:
         for proc in reversed(self.nodes):
             Cluster.stop(proc)
 
+    def replace_worker(self) -> None:
+        """Stop what is left of the second node and start a new one in its place."""
+        Cluster.stop(self.nodes[1])
+        self.nodes[1] = self._start("worker", [f"--address={self.address}"])
+        self.wait_for_nodes(2)
+
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         return subprocess.Popen(
             [str(RAY), "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
@@ -303,16 +309,15 @@ def test_a_killed_train_worker_is_survived_from_the_last_checkpoint(repo, tmp_pa
 
 
 @pytest.fixture()
-def own_cluster(tmp_path) -> Iterator[Cluster]:
-    """A cluster for one test, which may break it (the module's `cluster` must stay whole)."""
-    (tmp_path / "own-cluster").mkdir()
-    c = Cluster(tmp_path / "own-cluster")
-    yield c
-    c.close()
+def losing_a_node(cluster) -> Iterator[Cluster]:
+    """The module's cluster, for a test that removes its second node: a new second node takes
+    its place afterwards, so that the other tests find two live nodes, in any order."""
+    yield cluster
+    cluster.replace_worker()
 
 
-def test_a_removed_node_is_survived(own_cluster, repo, tmp_path):
-    cluster = own_cluster
+def test_a_removed_node_is_survived(losing_a_node, repo, tmp_path):
+    cluster = losing_a_node
     write_params(repo, RESUMABLE)
     shared = tmp_path / "shared"  # Ray Train's storage outside the repo (a shared file system on a cluster)
     write_params(repo, {"train": {"loop": {"max_steps_per_epoch": 5 * STEPS}, "ray": {"placement_strategy": "SPREAD", "storage": str(shared)}}})
