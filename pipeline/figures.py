@@ -76,8 +76,11 @@ def plot_lines(
     ylabel: str,
     title: str,
     limits: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    colours: dict[str, str] | None = None,
+    log_y: bool = False,
 ) -> None:
-    """One line per entry (x values, y values), written as a PNG without timestamps."""
+    """One line per entry (x values, y values), written as a PNG without timestamps; `colours`
+    fixes a line's colour by its name (so that two runs' pictures agree), `log_y` a log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +88,10 @@ def plot_lines(
 
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     for name, (xs, ys) in lines.items():
-        ax.plot(xs, ys, label=name)
+        ax.plot(xs, ys, label=name, color=(colours or {}).get(name))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if log_y:
+        ax.set_yscale("log")
     if limits:
         ax.set(xlim=limits[0], ylim=limits[1])
     ax.grid(alpha=0.3)

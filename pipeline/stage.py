@@ -186,26 +186,40 @@ RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
 
 
 # What Ray's own processes print that says nothing wrong about the run, matched line by line as
-# Ray forwards them to the stage's stderr (each one checked against the run that printed it):
+# Ray forwards them to the stage's stderr:
 HARMLESS_RAY_LINES = (
     # Ray Train's preemption watcher takes actor handles as constructor arguments; Ray's core
     # worker logs that at error level on every worker-group start (ray-project/ray#53727).
     re.compile(r"core_worker\.cc:\d+: Actor with class name: 'PreemptionWatcher' .* has constructor arguments in the object store and max_restarts > 0"),
+    # On a busy machine Ray Train's first request to its autoscaling coordinator times out, is
+    # retried, and is logged with its traceback ("… it's safe to ignore this error").
+    re.compile(r"Failed to send resource request for train-\w+\. If this only happens transiently"),
 )
+# A dropped line's traceback, which follows it from the same process: its lines after the prefix.
+TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\):|  .*|[\w.]+(Error|Exception|Exit)(: .*)?)$")
+RAY_PREFIX = re.compile(r"^(\x1b\[\d+m)?\(([^)]*)\)(\x1b\[0m)? ?")  # "(TrainController pid=123) ", maybe coloured
 
 
 class RayLineFilter:
-    """The stage's stderr without HARMLESS_RAY_LINES: Ray writes a forwarded line, then its
-    newline, each a `write`; both are dropped. Everything else passes unchanged."""
+    """The stage's stderr without HARMLESS_RAY_LINES and the tracebacks that follow them from the
+    same process. Ray writes a forwarded line, then its newline, each a `write`; both are
+    dropped. Everything else passes unchanged."""
 
     def __init__(self, stream: Any):
-        self.stream, self._dropped = stream, False
+        self.stream, self._dropped, self._skipping = stream, False, None
 
     def write(self, text: str) -> int:
         if self._dropped and text == "\n":
             self._dropped = False
             return len(text)
-        self._dropped = any(p.search(text) for p in HARMLESS_RAY_LINES)
+        prefix = RAY_PREFIX.match(text)
+        source, rest = (prefix.group(2), text[prefix.end() :]) if prefix else (None, text)
+        if self._skipping is not None and source == self._skipping and TRACEBACK_LINE.match(rest.rstrip("\n")):
+            self._dropped = True
+        elif any(p.search(text) for p in HARMLESS_RAY_LINES):
+            self._dropped, self._skipping = True, source
+        else:
+            self._dropped, self._skipping = False, None
         return len(text) if self._dropped else self.stream.write(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -434,3 +434,43 @@ def test_a_parent_run_whose_dvc_was_killed_is_closed_as_killed(tmp_path, monkeyp
     live = client.create_run(experiment, tags={tracking.PARENT_TAG: f"{host}:{me.pid}:{me.create_time():.0f}"}).info.run_id
     assert tracking.close_orphaned_parents(experiment) == [gone]
     assert client.get_run(gone).info.status == "KILLED" and client.get_run(live).info.status == "RUNNING"
+
+
+# --- kills never reach DVC's cache -----------------------------------------------------------
+
+
+def lock_outs(repo: Path, stage: str) -> list[tuple[str, str]]:
+    import yaml
+
+    return [(out["path"], out["md5"]) for out in yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"]]
+
+
+@pytest.mark.slow
+def test_a_dvc_repro_killed_at_any_moment_then_rerun_builds_what_a_clean_run_builds(repo, tmp_path):
+    """`kill -9` of `dvc repro -f synthesize` at 0.5 s (the stage still importing), at 3 s (Ray
+    starting) and right after the stage wrote its outputs (before DVC recorded them), each time
+    `dvc repro` at once: the stage never lives on to write behind the new run's back, so dvc.lock
+    records the clean run's outputs (the committed dvc.lock's, built from the embedded default),
+    `dvc status` is clean, and no parent MLflow run is left RUNNING."""
+    clean = lock_outs(repo, "synthesize")
+    for moment in (0.5, 3.0, "written"):
+        log = tmp_path / f"killed-at-{moment}.log"
+        proc = subprocess.Popen([str(DVC), "repro", "-f", "synthesize"], cwd=repo, env=stage_env(), stdout=log.open("w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        if moment == "written":
+            deadline = time.monotonic() + 240
+            while "synthesize: " not in log.read_text():  # the stage's closing line: "synthesize: 560 samples from …"
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+        else:
+            time.sleep(moment)
+        proc.kill()  # dvc alone, as `kill -9 <its pid>`: nothing in it runs again
+        proc.wait(timeout=30)
+        done = dvc(repo, "repro", "synthesize")
+        assert done.returncode == 0, f"after a kill at {moment}: {describe(done)}"
+        assert lock_outs(repo, "synthesize") == clean, moment
+        status = dvc(repo, "status", "synthesize")
+        assert status.returncode == 0 and "up to date" in status.stdout, describe(status)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    parents = [r for r in client.search_runs([client.get_experiment_by_name("btbnet").experiment_id]) if "btbnet.stage" not in r.data.tags]
+    assert parents and "RUNNING" not in {r.info.status for r in parents}, [(r.info.run_name, r.info.status) for r in parents]

@@ -36,6 +36,15 @@ def loss_history(run_id: str, prefix: str) -> dict[str, tuple[list[int], list[fl
     return lines
 
 
+# One colour per loss term, in every run's picture (matplotlib's cycle, in the order of the CSVs).
+TERM_COLOURS = {t: f"C{i}" for i, t in enumerate(["total", "main", "aux_0", "aux_1", "aux_2", "aux_3", "refine_0", "refine_1", "refine_2"])}
+
+
+def term_order(term: str) -> tuple[bool, bool, str]:
+    """total, main, then the rest by name (aux_*, refine_*): the columns of steps.csv."""
+    return term != "total", term != "main", term
+
+
 def write_loss_plots(run_id: str, folder: Path) -> None:
     """The stage's DVC plots, from what its MLflow run holds: `steps.csv` (step, then each
     term of eq. 6: total, main, aux_*), `epochs.csv` (epoch, the step it ended at, the same
@@ -47,13 +56,15 @@ def write_loss_plots(run_id: str, folder: Path) -> None:
     with stage.staged(folder) as tmp:
         tmp.mkdir()
         for lines, name in ((steps, "steps.csv"), (epochs, "epochs.csv")):
-            terms = sorted(lines, key=lambda t: (t != "total", t != "main", t))
+            terms = sorted(lines, key=term_order)
             index = sorted({i for term in terms for i in lines[term][0]})
             values = {term: dict(zip(*lines[term])) for term in terms}
             head = ["step"] if name == "steps.csv" else ["epoch", "step"]
             rows = [[str(i)] + ([] if name == "steps.csv" else [str((i + 1) * per_epoch - 1)]) + [f"{values[t][i]:.9g}" if i in values[t] else "" for t in terms] for i in index]
             (tmp / name).write_text("".join(",".join(row) + "\n" for row in [head + terms, *rows]))
-        plot_lines(steps, tmp / "losses.png", xlabel="step", ylabel="loss (eq. 6, per term)", title="training loss")
+        ordered = {term: steps[term] for term in sorted(steps, key=term_order)}
+        plot_lines(ordered, tmp / "losses.png", xlabel="step", ylabel="loss (eq. 6) per term", title="training loss",
+                   colours=TERM_COLOURS, log_y=True)  # fmt: skip  (as .dvc/plots/loss.json draws them)
     mlflow.log_artifacts(str(folder), artifact_path="plots")
 
 
