@@ -7,7 +7,7 @@ folder, a released model (default `btbnet-cpu`) or a checkpoint, at `--max-size`
               process on torch's threads as the CLI sets them (`use_all_cores`; `--threads`
               to choose), after a
               warm-up on two images; its own decode/encode threads;
-    ray       `pipeline.batch_predict.batch_predict` on a local Ray instance (or `--address`):
+    ray       `pipeline.commands.batch_predict.batch_predict` on a local Ray instance (or `--address`):
               A actors of one CPU and one thread each, Ray Data batches of `--ray-batch-size`.
               Its time runs from the first batch sent to the last map back, so it includes the
               actors' start-up (a Python worker, torch, the model); Ray's own start is measured
@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from btbnet.predict import predict_paths, use_all_cores  # noqa: E402
 from btbnet.pretrained import DEFAULT, load_model  # noqa: E402
-from pipeline import batch_predict  # noqa: E402
+from pipeline.commands import batch_predict  # noqa: E402
 
 
 def make_images(folder: Path, count: int, size: tuple[int, int]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from btbnet import BTBNetConfig, build_model  # noqa: E402
 from btbnet.data import InputConfig  # noqa: E402
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, train_epoch  # noqa: E402
-from pipeline import stage  # noqa: E402
+from pipeline.runtime import cluster  # noqa: E402
 from pipeline.training.config import RayConfig, StageSpec, TrainConfig  # noqa: E402
 from pipeline.training.store import RunStore  # noqa: E402
 from pipeline.training.trainer import run_training  # noqa: E402
@@ -102,9 +101,7 @@ def main() -> None:
     rows = []
     plain = plain_step_seconds(args.steps)
     rows.append({"run": "plain loop, 1 thread", "workers": 1, "s_per_step": plain, "images_per_s": BATCH / plain})
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
-    local = stage.init_ray()
+    local = cluster.init_ray(address=args.address)
     for n in args.workers:
         per_step, fixed = ray_step_seconds(n, args.steps, local)
         rows.append({"run": f"ray, {n} worker{'s' * (n > 1)}{'' if local else ' (cluster)'}", "workers": n, "s_per_step": per_step,

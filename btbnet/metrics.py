@@ -144,13 +144,14 @@ class SetMetrics:
         return values
 
     def result(self) -> dict[str, float | int | list[float]]:
-        """Set averages under the protocol (module doc): reported_keys(protocol), images, PR curve."""
+        """Set averages under the protocol (module doc): reported_keys(protocol) (ddff: and
+        f_measure_code), images, and for "paper" the PR curve."""
         if self.images == 0:
             raise ValueError("SetMetrics.result: no images were added")
         n = self.images
         mean = {key: total / n for key, total in self._sums.items()}
         if self.protocol == "ddff":
-            return {key: mean[key] for key in reported_keys("ddff")} | {"images": n}
+            return mean | {"images": n}  # the reported keys and f_measure_code
         pr_precision, pr_recall = self._pr_precision / n, self._pr_recall / n
         return {
             "precision": mean["precision"],

@@ -62,7 +62,7 @@ VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
     "flip": ((0, False), (0, True)),
     "dihedral": tuple((turns, flip) for turns in range(4) for flip in (False, True)),
 }
-# What `btbnet predict` and `pipeline.batch_predict` use unless told (`--tta`): on the validation
+# What `btbnet predict` and `pipeline.commands.batch_predict` use unless told (`--tta`): on the validation
 # split (bench/bench_tta.py, README "Test-time views") it raised max-F, per-image F and ddff F
 # and lowered MAE, for 7× the forward time. The library functions default to one pass.
 DEFAULT_TTA = "dihedral"

@@ -30,7 +30,7 @@ from btbnet.images import resize  # noqa: E402
 from btbnet.io import save_png  # noqa: E402
 from btbnet.predict import predict_map  # noqa: E402
 from btbnet.pretrained import DEFAULT, load_model  # noqa: E402
-from pipeline.figures import image_grid  # noqa: E402
+from pipeline.runtime.figures import image_grid  # noqa: E402
 
 
 def example(model_name: str, data: Path, stems: list[str], polarity: str, width: int,

@@ -18,10 +18,10 @@ from btbnet.config import ConfigError, to_dict
 from btbnet.evaluation import comparison_table, evaluate
 from btbnet.metrics import PROTOCOLS, reported_keys
 
-from . import stage
-from .params import Params, resolve
-from .testsets import TestSets, read_test_sets
-from .tracking import stage_run
+from .runtime import stage
+from .runtime.params import Params, resolve
+from .runtime.testsets import TestSets, read_test_sets
+from .runtime.tracking import stage_run
 
 NAME = "baselines"
 

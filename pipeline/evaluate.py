@@ -31,18 +31,18 @@ from btbnet.metrics import PROTOCOLS, adaptive_threshold, f_measure, mae, precis
 from btbnet.predict import check_views, predict_maps, with_views
 from btbnet.speed import SpeedConfig
 
-from . import stage
-from .figures import example_grid, plot_pr_curves
-from .params import Params, resolve
-from .testsets import TestSets, read_test_sets
-from .tracking import log_headline, logged_model_id, stage_run
+from .runtime import stage
+from .runtime.figures import example_grid, plot_pr_curves
+from .runtime.params import Params, resolve
+from .runtime.testsets import TestSets, read_test_sets
+from .runtime.tracking import log_headline, logged_model_id, stage_run
 
 NAME = "evaluate"
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """The `evaluate` section besides its test sets (`pipeline.testsets`): max_size, the longer
+    """The `evaluate` section besides its test sets (`pipeline.runtime.testsets`): max_size, the longer
     side the model sees, maps resized back (None: native; use the training `input.max_size`);
     examples: rows of the example grid; device: auto, cpu, cuda or cuda:N; speed: precision,
     layout and compilation of the forward pass (`btbnet.speed`; metrics are computed in fp32);

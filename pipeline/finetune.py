@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from btbnet.checkpoint import read_config
 from btbnet.data import check_polarity, read_stems
 
-from . import stage
-from .params import Params, resolve, resolve_data
+from .runtime import stage
+from .runtime.params import Params, resolve, resolve_data
 from .training.config import BLOCKS, StageSpec, train_config
 from .training.driver import train_stage
 

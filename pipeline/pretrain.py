@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from btbnet.config import BTBNetConfig, ConfigError, from_mapping
 
-from . import stage
-from .params import Params, ParamsError, is_uri, resolve
+from .runtime import stage
+from .runtime.params import Params, ParamsError, is_uri, resolve
 from .training.config import BLOCKS, StageSpec, train_config
 from .training.driver import train_stage
 

@@ -25,10 +25,10 @@ from btbnet.config import check_int, to_dict
 from btbnet.data import DataError, load_rgb
 from btbnet.synthesis import MODES, Source, encode_samples, find_sources, sample_names, sample_paths
 
-from . import stage
-from .figures import image_grid
-from .params import Params, ParamsError, resolve
-from .tracking import stage_run
+from .runtime import cluster, stage
+from .runtime.figures import image_grid
+from .runtime.params import Params, ParamsError, resolve
+from .runtime.tracking import stage_run
 
 NAME = "synthesize"
 
@@ -92,7 +92,7 @@ def write_all(sources: list[Source], staging: Path, s: SynthesizeConfig) -> list
     stream back; one result row per source (name, samples, bytes, error, node)."""
     import ray
 
-    stage.init_ray()
+    cluster.init_ray()
     blocks = min(len(sources), max(1, int(ray.available_resources().get("CPU", 1)) * s.blocks_per_cpu))
     items = [{"path": str(src.path), "name": src.name, "content": src.path.read_bytes()} for src in sources]
     files = ray.data.from_items(items, override_num_blocks=blocks).map_batches(

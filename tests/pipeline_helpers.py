@@ -118,20 +118,21 @@ def execute_stage(repo: Path, stage: str, monkeypatch: Any, capsys: Any, trackin
     starting Ray raises `RayStarted`."""
     import importlib
 
-    import pipeline.params
-    from pipeline import stage as stage_lib
+    import pipeline.runtime.params
+    from pipeline.runtime import cluster
+    from pipeline.runtime import stage as stage_lib
 
     module = importlib.import_module(f"pipeline.{stage}")
-    monkeypatch.setattr(pipeline.params, "REPO_ROOT", repo)
+    monkeypatch.setattr(pipeline.runtime.params, "REPO_ROOT", repo)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{repo.parent / 'inprocess.db'}")
 
     def no_ray(*args: Any, **kwargs: Any) -> bool:
         raise RayStarted(f"{stage} started Ray")
 
-    monkeypatch.setattr(stage_lib, "init_ray", no_ray)
+    monkeypatch.setattr(cluster, "init_ray", no_ray)
     capsys.readouterr()
     status = stage_lib.execute(stage, module.configure, module.__dict__.get("run") or module.train_stage,
-                               pipeline.params.load_params(repo / "params.yaml"))  # fmt: skip
+                               pipeline.runtime.params.load_params(repo / "params.yaml"))  # fmt: skip
     return status, capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.batch_predict`: maps of a folder on Ray Data, resumable, named from the inputs."""
+"""`python -m pipeline.commands.batch_predict`: maps of a folder on Ray Data, resumable, named from the inputs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from btbnet.config import ConfigError
 from btbnet.data import load_rgb
 from btbnet.cli import main as btbnet_main
 from btbnet.predict import MAX_PIXELS, Job, predict_map, with_views
-from pipeline import batch_predict
-from pipeline.batch_predict import Predictor, Summary, Timing, main, plan
+from pipeline.commands import batch_predict
+from pipeline.commands.batch_predict import Predictor, Summary, Timing, main, plan
 
 from .pipeline_helpers import REPO, describe, error_line, stage_env
 
@@ -156,8 +156,8 @@ def test_summary_line_and_the_rate_after_the_first_batch(tmp_path):
 
 
 def run_module(*argv: str) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline.batch_predict ARGV` in the repo, without $RAY_ADDRESS: its own local Ray."""
-    return subprocess.run([sys.executable, "-m", "pipeline.batch_predict", *argv], cwd=REPO, env=stage_env(),
+    """`python -m pipeline.commands.batch_predict ARGV` in the repo, without $RAY_ADDRESS: its own local Ray."""
+    return subprocess.run([sys.executable, "-m", "pipeline.commands.batch_predict", *argv], cwd=REPO, env=stage_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def test_comparison_table_rows_methods_columns_sets_and_protocols():
 
 
 def test_optional_test_sets_that_are_absent_are_skipped(tmp_path, test_set, capsys, monkeypatch):
-    from pipeline import testsets
+    from pipeline.runtime import testsets
 
     monkeypatch.setattr(testsets, "resolve", lambda p: tmp_path / p)
     sets = testsets.TestSets(

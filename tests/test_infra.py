@@ -25,7 +25,7 @@ import yaml
 from btbnet.config import deep_merge, flatten
 from btbnet.checkpoint import read_checkpoint
 from btbnet.pretrained import DEFAULT, released, weights_path
-from pipeline.params import load_params
+from pipeline.runtime.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_FILE = REPO_ROOT / "infra" / "cluster.yaml"

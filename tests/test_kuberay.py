@@ -451,7 +451,7 @@ def stage_runtime_env(monkeypatch: pytest.MonkeyPatch, job: dict[str, Any]) -> t
     stage inherits the head container's variables and the job's env_vars."""
     import ray
 
-    from pipeline import stage
+    from pipeline.runtime import cluster
 
     job_env = yaml.safe_load(job["spec"].get("runtimeEnvYAML", "")) or {}
     variables = {**env_of(ray_container(head(job))), **job_env.get("env_vars", {}), "RAY_ADDRESS": "10.0.0.1:6379",
@@ -461,8 +461,8 @@ def stage_runtime_env(monkeypatch: pytest.MonkeyPatch, job: dict[str, Any]) -> t
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(stage, "interrupt_on_sigterm", lambda: None, raising=False)  # no handler in pytest
-    stage.init_ray()
+    monkeypatch.setattr(cluster, "interrupt_on_sigterm", lambda: None, raising=False)  # no handler in pytest
+    cluster.init_ray()
     return job_env, calls[0]["runtime_env"]
 
 

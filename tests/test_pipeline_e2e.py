@@ -308,7 +308,7 @@ def test_the_readmes_mlflow_ui_command_serves_the_pipelines_runs(repo, tmp_path,
     """`mlflow ui --workers 1` from the repo root (README): it serves the store the stages wrote."""
     import urllib.request
 
-    from pipeline.stage import free_ports
+    from pipeline.runtime.cluster import free_ports
 
     [port] = free_ports(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}

@@ -82,7 +82,7 @@ CHATTY_STAGE = """
 import sys, time
 import ray
 from btbnet.data import DataError
-from pipeline import stage
+from pipeline.runtime import cluster, stage
 
 @ray.remote(num_cpus=0)
 class Chatter:  # a Ray process whose output the driver forwards to its stderr, without end
@@ -92,7 +92,7 @@ class Chatter:  # a Ray process whose output the driver forwards to its stderr, 
             time.sleep(0.001)
 
 def run(config):
-    stage.init_ray()
+    cluster.init_ray()
     chatter = Chatter.remote()
     chatter.chat.remote()
     time.sleep(4)  # the forwarded lines are flowing

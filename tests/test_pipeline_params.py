@@ -25,7 +25,7 @@ from btbnet.checkpoint import save_checkpoint
 from btbnet.config import BTBNetConfig, ConfigError, deep_merge
 from btbnet.model import build_model
 from btbnet.predict import predict_map, with_views
-from pipeline.params import ParamsError, load_params, resolve
+from pipeline.runtime.params import ParamsError, load_params, resolve
 from tests.pipeline_helpers import REPO, TINY_PARAMS, copy_repo, describe, run_stage
 
 MODULES = {

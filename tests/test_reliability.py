@@ -26,8 +26,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import btbnet
-import pipeline.params
-from pipeline.params import load_params
+import pipeline.runtime.params
+from pipeline.runtime.params import load_params
 from pipeline.training.config import RayConfig
 from pipeline.training.trainer import wait_for_workers
 from tests.pipeline_helpers import (
@@ -175,7 +175,7 @@ def test_scale_above_one_is_refused(repo, monkeypatch, capsys):
 
 def test_a_bad_evaluate_section_does_not_stop_the_training_stages(repo, monkeypatch, capsys):
     # params name paths relative to the repo; here that is the copy, not this checkout
-    monkeypatch.setattr(pipeline.params, "REPO_ROOT", repo)
+    monkeypatch.setattr(pipeline.runtime.params, "REPO_ROOT", repo)
     write_params(repo, {"evaluate": {"max_size": "big", "device": "tpu"}, "baselines": {"methods": ["nope"]}})
     write_pretrained(repo)
     for stage in ("synthesize", "pretrain", "finetune"):
@@ -380,8 +380,8 @@ def test_an_output_outside_the_repo_is_refused_before_any_work(repo, tmp_path, m
 def test_a_full_disk_is_one_line_naming_the_output(tmp_path, capsys, monkeypatch):
     """A write that fails for want of space names no file itself; the stage names the output
     it was writing (and the staging copy is gone)."""
-    from pipeline import params as params_lib
-    from pipeline import stage
+    from pipeline.runtime import params as params_lib
+    from pipeline.runtime import stage
 
     monkeypatch.setattr(params_lib, "REPO_ROOT", tmp_path)
     out = tmp_path / "data" / "synthetic"
@@ -402,7 +402,7 @@ def test_a_full_disk_is_one_line_naming_the_output(tmp_path, capsys, monkeypatch
 def test_ray_lines_that_say_nothing_wrong_are_dropped_at_the_driver():
     import io
 
-    from pipeline.stage import RayLineFilter
+    from pipeline.runtime.cluster import RayLineFilter
 
     stream = io.StringIO()
     stderr = RayLineFilter(stream)
@@ -422,7 +422,7 @@ def test_a_parent_run_whose_dvc_was_killed_is_closed_as_killed(tmp_path, monkeyp
     import psutil
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.runtime import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.stage import RAY_DEFAULT_PORTS, free_ports
+from pipeline.runtime.cluster import RAY_DEFAULT_PORTS, free_ports
 from tests.pipeline_helpers import (
     DVC, PYTHON_DIR, TINY_PARAMS, copy_repo, describe, dvc, fake_synthetic_set, git, stage_env, write_params, write_pretrained,
 )  # fmt: skip

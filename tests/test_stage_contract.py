@@ -24,7 +24,7 @@ import yaml
 from btbnet.checkpoint import save_checkpoint
 from btbnet.config import BTBNetConfig, deep_merge
 from btbnet.model import build_model
-from pipeline.params import load_params
+from pipeline.runtime.params import load_params
 from tests.pipeline_helpers import REPO
 
 STAGES = ("synthesize", "pretrain", "finetune", "baselines", "evaluate")

@@ -54,7 +54,7 @@ def first_batch_loop(config: dict) -> None:
 def ray_local():
     import ray
 
-    from pipeline.stage import state_api_address
+    from pipeline.runtime.cluster import state_api_address
 
     kwargs, env = state_api_address("local")  # as the stages start theirs (its docstring: why)
     ray.init(address="local", num_cpus=2, logging_level="ERROR", runtime_env={"env_vars": env}, **kwargs)

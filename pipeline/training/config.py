@@ -21,7 +21,7 @@ from btbnet.data import InputConfig, PairDataset
 from btbnet.speed import SpeedConfig
 from btbnet.train import LoopConfig, OptimConfig
 
-from ..params import Params, ParamsError
+from ..runtime.params import Params, ParamsError
 from .store import local_folder
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")

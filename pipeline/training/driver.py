@@ -9,9 +9,9 @@ import mlflow
 from btbnet.config import ConfigError, to_dict
 from btbnet.model import build_model
 
-from .. import stage
-from ..params import ParamsError
-from ..tracking import stage_run, tracking_uri
+from ..runtime import cluster, stage
+from ..runtime.params import ParamsError
+from ..runtime.tracking import stage_run, tracking_uri
 from .config import StageSpec
 from .reporting import log_data, log_model, write_loss_plots
 from .store import RunStore, content_digest, run_key, ship_inputs
@@ -45,7 +45,7 @@ def train_stage(spec: StageSpec) -> None:
     with stage_run(spec.name, logged, run_key=key, resume=resume, system_metrics=True) as run:
         mlflow.log_params({"train_samples": len(dataset), "train_pairs": len(dataset.pairs)})
         log_data(spec, dataset, data_digest)
-        local = stage.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
+        local = cluster.init_ray({"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(spec.train.ray.start_timeout_s)})
         with stage.staged(spec.out) as tmp:
             shipped = ship_inputs(spec, dataset.root, store, data_digest)
             metrics = run_training(shipped, (tracking_uri(), run.info.run_id), tmp, local, store, key)

@@ -19,10 +19,10 @@ from btbnet.export import MissingPackage, export_model
 from btbnet.io import file_sha256
 from btbnet.model import FocusMap
 
-from .. import stage
-from ..figures import plot_lines
-from ..params import REPO_ROOT
-from ..tracking import SHA_TAG, tracking_uri
+from ..runtime import stage
+from ..runtime.figures import plot_lines
+from ..runtime.params import REPO_ROOT
+from ..runtime.tracking import SHA_TAG, tracking_uri
 from .config import StageSpec
 
 def loss_history(run_id: str, prefix: str) -> dict[str, tuple[list[int], list[float]]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from btbnet.config import to_dict
 from btbnet.data import DataError
 
-from ..params import REPO_ROOT, is_uri
+from ..runtime.params import REPO_ROOT, is_uri
 
 if TYPE_CHECKING:
     from .config import StageSpec

@@ -11,7 +11,7 @@ from typing import Any
 
 from btbnet.config import ConfigError
 
-from .. import stage
+from ..runtime import stage
 from .attempts import Attempts
 from .config import RayConfig, StageSpec
 from .store import RunStore

@@ -28,8 +28,8 @@ from btbnet.data import PairDataset
 from btbnet.model import build_model
 from btbnet.train import make_optimizer, make_scheduler, train_epoch
 
-from .. import stage
-from ..params import is_uri
+from ..runtime import stage
+from ..runtime.params import is_uri
 from .config import StageSpec, TrainConfig
 from .store import local_folder
 

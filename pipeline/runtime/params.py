@@ -17,7 +17,7 @@ import yaml
 
 from btbnet.config import ConfigError, from_mapping
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_FILE = REPO_ROOT / "params.yaml"
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
-"""Focus maps for a large folder on Ray Data, resumable: `python -m pipeline.batch_predict IN_DIR OUT_DIR`.
+"""Focus maps for a large folder on Ray Data, resumable: `python -m pipeline.commands.batch_predict IN_DIR OUT_DIR`.
 
-    python -m pipeline.batch_predict IN_DIR OUT_DIR [--model NAME_OR_CKPT] [--max-size N] [--max-pixels M]
+    python -m pipeline.commands.batch_predict IN_DIR OUT_DIR [--model NAME_OR_CKPT] [--max-size N] [--max-pixels M]
                                      [--tta none|flip|dihedral] [--batch-size N] [--actors N] [--address RAY_ADDRESS]
 
 Writes OUT_DIR/<stem>.png for every image of IN_DIR (`btbnet.data.list_images`): the maps
@@ -19,7 +19,7 @@ the same size go through it `--batch-size` at a time), returning only names and 
 actors read IN_DIR and write OUT_DIR at the paths the driver gives, so on a cluster both must
 be on a file system every node mounts.
 
-Ray: `--address` (or $RAY_ADDRESS), as the stages connect (`pipeline.stage.init_ray`); without
+Ray: `--address` (or $RAY_ADDRESS), as the stages connect (`pipeline.runtime.cluster.init_ray`); without
 one a local Ray instance is started for the run and shut down after it. An unreadable image
 does not stop the others: the run ends with an error naming it (exit 2) after writing the rest.
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from btbnet.cli import add_tta_argument, positive_int
 from btbnet.predict import DEFAULT_TTA, MAX_PIXELS, Job, OverBudget, check_views, plan_jobs, predict_jobs, with_views
 from btbnet.pretrained import DEFAULT, load_model
 
-from . import stage
+from ..runtime import cluster, stage
 
 NAME = "batch_predict"
 EXIT_USAGE = 2
@@ -153,9 +152,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    if address:
-        os.environ["RAY_ADDRESS"] = address
-    stage.init_ray()
+    cluster.init_ray(address=address)
     return True
 
 
