@@ -3,7 +3,7 @@
 N synthetic photographs of one size (JPEG, a sharp half and a blurred half) in a temporary
 folder, a released model (default `btbnet-cpu`) or a checkpoint, at `--max-size` (default: the model's own scale):
 
-    predict   `btbnet.predict.predict_paths`, what `btbnet predict --batch-size B` runs, in this
+    predict   `btbnet.files.predict_paths`, what `btbnet predict --batch-size B` runs, in this
               process on torch's threads as the CLI sets them (`use_all_cores`; `--threads`
               to choose), after a
               warm-up on two images; its own decode/encode threads;
@@ -40,7 +40,8 @@ from PIL import Image, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from btbnet.predict import predict_paths, use_all_cores  # noqa: E402
+from btbnet.files import predict_paths  # noqa: E402
+from btbnet.predict import use_all_cores  # noqa: E402
 from btbnet.pretrained import DEFAULT, load_model  # noqa: E402
 from pipeline.commands import batch_predict  # noqa: E402
 

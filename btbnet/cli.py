@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,7 +25,8 @@ from . import __version__
 from .config import VARIANTS, BTBNetConfig, ConfigError
 from .data import DataError
 from .export import DEFAULT_OUT, FORMATS, MissingPackage, export_model, require
-from .predict import DEFAULT_TTA, MAX_PIXELS, VIEWS, OverBudget, predict_paths, use_all_cores, with_views, writable_folder
+from .files import predict_paths, writable_folder
+from .predict import DEFAULT_TTA, MAX_PIXELS, VIEWS, OverBudget, use_all_cores, with_views
 from .pretrained import DEFAULT, MODELS, load_model
 from .speed import PRECISIONS, SpeedConfig
 from .summary import summarize
@@ -56,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_predict_command(commands)
+    add_export_command(commands)
+    add_summary_command(commands)
+    return parser
 
+
+def add_predict_command(commands: Any) -> None:
     predict = commands.add_parser(
         "predict",
         help="write a focus map (255 = in focus) per image",
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_argument(predict)
     predict.add_argument("--out", default="maps", metavar="DIR", help="output folder, created if missing (default: maps)")
     predict.add_argument(
-        "--overlay", action="store_true", help="also write OUT/<stem>_overlay.png: image | focus map | blur-tinted image, with headers and a legend"
+        "--overlay", action="store_true", help="also write OUT/<stem>_overlay.png: image | focus map | the image with its blurred part marked, with headers and a legend"
     )
     predict.add_argument(
         "--max-size", type=positive_int, metavar="N",
@@ -92,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--compile", action="store_true", help="torch.compile the model (pays off over many images of one size)")
     predict.set_defaults(run=run_predict)
 
+
+def add_export_command(commands: Any) -> None:
     export = commands.add_parser(
         "export",
         help="write the model as an ONNX or TorchScript file for any batch and image size",
@@ -107,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     export.set_defaults(run=run_export)
 
+
+def add_summary_command(commands: Any) -> None:
     summary = commands.add_parser(
         "summary",
         help="print the parameter count and GMACs of a model configuration as one JSON line",
@@ -119,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--rrnet-steps", type=int, default=defaults.rrnet_steps, metavar="N")
     summary.add_argument("--size", type=positive_int, default=320, metavar="S", help="image side in px (default: 320)")
     summary.set_defaults(run=run_summary)
-    return parser
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from btbnet.synthesis import disc_kernel  # the thin-lens PSF the "lens" synthesis mode uses too
+from btbnet.lens import disc_kernel  # the thin-lens PSF of the "lens" synthesis mode
 
 SEED = 2018
 DEFAULT_OUT = Path(__file__).resolve().parent / "embedded"

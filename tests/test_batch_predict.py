@@ -15,7 +15,8 @@ from btbnet import BTBNetConfig, build_model, load_checkpoint, save_checkpoint
 from btbnet.config import ConfigError
 from btbnet.data import load_rgb
 from btbnet.cli import main as btbnet_main
-from btbnet.predict import MAX_PIXELS, Job, predict_map, with_views
+from btbnet.files import Job
+from btbnet.predict import MAX_PIXELS, predict_map, with_views
 from pipeline.commands import batch_predict
 from pipeline.commands.batch_predict import Predictor, Summary, Timing, main, plan
 

@@ -167,12 +167,12 @@ def large_image(tmp_path) -> Path:
 
 
 def test_image_over_the_pixel_budget_exits_2_before_any_work(checkpoint, large_image, tmp_path, capsys, monkeypatch):
-    from btbnet import predict
+    from btbnet import files
 
     out = tmp_path / "out"
     argv = ["predict", str(large_image), "--model", str(checkpoint), "--out", str(out)]
     with monkeypatch.context() as patch:
-        patch.setattr(predict, "load_rgb", lambda path: pytest.fail(f"decoded {path}"))
+        patch.setattr(files, "load_rgb", lambda path: pytest.fail(f"decoded {path}"))
         assert main([*argv, "--max-pixels", "1000"]) == 2
     err = capsys.readouterr().err
     assert err == (

@@ -40,6 +40,7 @@ from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, dvc, read_p
 pytestmark = pytest.mark.slow
 
 STAGES = ("synthesize", "pretrain", "finetune", "baselines", "evaluate")
+EXP_SHOW_INFO_COLUMNS = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}  # dvc exp show --csv, before the metrics
 REPORTED = {"paper": ("f_measure", "f_measure_per_image", "precision", "recall", "mae", "f_max"),
             "ddff": ("f_measure", "precision", "recall", "mae")}
 SAMPLES_PER_SOURCE = len(DIRECTIONS) * len(LEVELS)  # 20 (section 4.1)
@@ -235,8 +236,9 @@ def test_mlflow_logged_models_of_pretrain_and_finetune(repo, params, client, rep
         assert not list(local.rglob("weights/*.pt"))  # the code it carries has no released weights
         example = json.loads((local / "serving_input_example.json").read_text())["inputs"]
         patch = np.asarray(example, dtype=np.float32)
-        assert patch.shape[:2] == (1, 3) and patch.std() > 0.02  # a photo patch, not noise: neighbours alike
-        assert np.abs(np.diff(patch, axis=-1)).mean() < 0.5 * np.abs(patch - patch.mean()).mean()
+        assert patch.shape[:2] == (1, 3) and patch.std() > 0.02  # a photo patch, not a constant
+        shuffled = np.random.default_rng(0).permutation(patch.ravel()).reshape(patch.shape)
+        assert np.abs(np.diff(patch, axis=-1)).mean() < 0.7 * np.abs(np.diff(shuffled, axis=-1)).mean()  # neighbours alike
         model = mlflow.pytorch.load_model(logged.artifact_location)
         checkpoint = btbnet.load_checkpoint(repo / params[stage]["model"])
         with torch.no_grad():
@@ -284,7 +286,8 @@ def test_dvc_plots_show_draws_every_chart_without_the_network(repo, tmp_path, re
     done = dvc(repo, "plots", "show", "-o", str(tmp_path / "html"))
     assert done.returncode == 0, describe(done)
     html = (tmp_path / "html" / "index.html").read_text()
-    assert "cdn.jsdelivr" not in html and "https://" not in re.sub(r'"\$schema": "[^"]*"', "", html.split("<body>")[1])
+    body = html.rsplit("<body>", 1)[1]  # the page's own body: vega-embed's script holds a "<body>" string too
+    assert "cdn.jsdelivr" not in html and "https://" not in re.sub(r'"\$schema": "[^"]*"', "", body)
     images = re.findall(r'<img src="(static/[^"]+)"', html)
     assert {Path(i).name.removeprefix("workspace_") for i in images} == {"figures_pr_curves.png", "plots_pretrain_losses.png", "plots_finetune_losses.png"}
     charts, drawn = charts_drawn(tmp_path / "html")
@@ -412,8 +415,8 @@ def test_exp_show_leads_with_the_headline_metrics_and_only_changed_drops_the_cod
     done = dvc(exp_repo, "exp", "show", "--no-pager", "--csv")
     assert done.returncode == 0, describe(done)
     header = done.stdout.splitlines()[0].split(",")
-    first = header.index("Created") + 1  # the metric columns come after Created
-    assert header[first : first + 2] == ["embedded.F", "embedded.MAE"], header[:8]  # the paper protocol's headline, per test set
+    metrics = [c for c in header if c not in EXP_SHOW_INFO_COLUMNS]  # what DVC shows before them varies (parent, State)
+    assert metrics[:2] == ["embedded.F", "embedded.MAE"], header[:8]  # the paper protocol's headline, per test set
     assert not [c for c in header if "f_measure_code" in c]  # no column that repeats another
     changed = dvc(exp_repo, "exp", "show", "--no-pager", "--csv", "--only-changed").stdout.splitlines()[0].split(",")
     assert not [c for c in changed if c.startswith(("btbnet/", "pipeline/"))], changed

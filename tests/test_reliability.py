@@ -11,7 +11,6 @@ Training, where there is any, lasts seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil

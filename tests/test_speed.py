@@ -15,7 +15,7 @@ from btbnet.checkpoint import save_checkpoint
 from btbnet.predict import predict_maps
 from btbnet.speed import SpeedConfig
 from btbnet.train import OptimConfig, train_step
-from tests.test_model import CONFIGS, VARIANTS, tiny
+from tests.test_model import CONFIGS, tiny
 
 BF16 = SpeedConfig(precision="bf16")
 

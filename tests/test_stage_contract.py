@@ -111,7 +111,7 @@ def function_level_project_imports(path: Path) -> list[str]:
 
 
 def test_project_code_is_imported_at_module_level_only():
-    files = [p for d in CODE_DIRS for p in sorted((REPO / d).glob("*.py")) if p.name != "__init__.py"]
+    files = [p for d in CODE_DIRS for p in sorted((REPO / d).rglob("*.py")) if p.name != "__init__.py"]
     assert [f for p in files for f in function_level_project_imports(p)] == []
 
 

@@ -14,7 +14,7 @@ All inputs are checked first (a missing folder, a bad model, two images with one
 image over the pixel budget: `batch_predict: error: <message>`, exit 2, before Ray starts).
 Then `Dataset.map_batches` runs `Predictor`, a callable class, on a pool of `--actors` actors
 of one CPU each (default: one per CPU of the Ray cluster): each actor loads the model once and
-writes the maps of its batches itself (`btbnet.predict.predict_jobs`: images the model sees at
+writes the maps of its batches itself (`btbnet.files.predict_jobs`: images the model sees at
 the same size go through it `--batch-size` at a time), returning only names and timings. The
 actors read IN_DIR and write OUT_DIR at the paths the driver gives, so on a cluster both must
 be on a file system every node mounts.
@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from btbnet.cli import add_tta_argument, positive_int
-from btbnet.predict import DEFAULT_TTA, MAX_PIXELS, Job, OverBudget, check_views, plan_jobs, predict_jobs, with_views
+from btbnet.files import Job, plan_jobs, predict_jobs
+from btbnet.predict import DEFAULT_TTA, MAX_PIXELS, OverBudget, check_views, with_views
 from btbnet.pretrained import DEFAULT, load_model
 
 from ..runtime import cluster, stage
@@ -108,7 +109,7 @@ class Predictor:
 
 def plan(in_dir: Path, out_dir: Path, max_size: int | None, max_pixels: int | None) -> tuple[list[Job], int]:
     """(the jobs still to do, how many images are skipped: their maps exist); every image is
-    checked first (`btbnet.predict.plan_jobs`), and temporary files of a killed run removed."""
+    checked first (`btbnet.files.plan_jobs`), and temporary files of a killed run removed."""
     if not in_dir.is_dir():
         raise FileNotFoundError(f"{in_dir}: no such folder")
     jobs = plan_jobs([in_dir], out_dir, False, max_size, max_pixels)
