@@ -16,7 +16,7 @@ time views setting. Params, the loss per step and every score go to MLflow (expe
         "lr_new": 0.003, "schedule": "cosine", "warmup_steps": 50, "iou_weight": 1.0}'
 
 Select with the validation split (`data/splits/cuhk_val.txt`), never a test set; one seed per
-run, so differences of 0.01 are within noise (README, "How the recipe was found").
+run, so differences of 0.01 are within noise (docs/real-data.md, "How the recipe was found").
 """
 
 from __future__ import annotations

@@ -85,7 +85,11 @@ def read_config(path: str | Path) -> BTBNetConfig:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MultiStreamBTBNet:
     """The model saved by `save_checkpoint`, in eval mode (loaded with weights_only=True)."""
-    payload = read_checkpoint(path, map_location)
+    return model_from(read_checkpoint(path, map_location), path, map_location)
+
+
+def model_from(payload: Mapping[str, Any], path: str | Path, map_location: str | torch.device = "cpu") -> MultiStreamBTBNet:
+    """The model of a checkpoint already read by `read_checkpoint` (`path` names it in errors)."""
     model = build_model(BTBNetConfig.from_dict(payload["config"], prefix=f"{path}: config."))
     try:
         model.load_state_dict(payload["state_dict"])

@@ -169,7 +169,7 @@ class BTBNetConfig:
     rrnet_steps:  recurrent RRNet refinements (eq. 5); 0 means FNet alone, 3 is the paper's.
     norm:         "none" (the paper's VGG16) or "batch": BatchNorm after every VGG16 conv,
                   as torchvision's vgg16_bn, for training from random initialisation, where
-                  it lets a network learn in a CPU budget (README, "Real photographs").
+                  it lets a network learn in a CPU budget (docs/real-data.md, "Real photographs on a CPU").
                   efficientnet-lite0 has BatchNorm in its encoder whatever this says.
     """
 

@@ -225,6 +225,17 @@ def read_stems(path: str | Path) -> list[str]:
     return stems
 
 
+def pairs_by_stem(pairs: list[tuple[Path, Path]], stems: Collection[str], root: str | Path, keep: bool) -> list[tuple[Path, Path]]:
+    """The pairs whose image stem is in `stems` (keep=True: a test set's split file) or is not
+    (keep=False: a training set without its held-out stems); a listed stem that names no pair
+    is a DataError naming `root`."""
+    listed = set(stems)
+    unknown = sorted(listed - {image.stem for image, _ in pairs})
+    if unknown:
+        raise DataError(f"{root}: {'listed' if keep else 'excluded'} stem {unknown[0]!r} has no pair ({len(unknown)} missing)")
+    return [(image, mask) for image, mask in pairs if (image.stem in listed) == keep]
+
+
 def holdout_stems(stems: Collection[str], count: int, seed: int) -> list[str]:
     """`count` of `stems` drawn without replacement by numpy's default_rng(seed) from the
     sorted list, returned sorted: the rule behind data/splits/cuhk_val.txt (count 100, seed 2018)."""
@@ -271,12 +282,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.crop_size = crop_size
         self.seed = seed
         self.epoch = 0
-        pairs = find_pairs(self.root, image_dir, mask_dir)
-        excluded = set(exclude)
-        unknown = sorted(excluded - {image.stem for image, _ in pairs})
-        if unknown:
-            raise DataError(f"{self.root}: excluded stem {unknown[0]!r} is not in the data set")
-        self.pairs: list[tuple[Path, Path]] = [(i, m) for i, m in pairs if i.stem not in excluded]
+        self.pairs: list[tuple[Path, Path]] = pairs_by_stem(find_pairs(self.root, image_dir, mask_dir), exclude, self.root, keep=False)
         if not self.pairs:
             raise DataError(f"{self.root}: every pair is excluded")
         self.stems: list[str] = [image.stem for image, _ in self.pairs]

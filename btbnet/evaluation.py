@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import DataError, check_polarity, find_pairs, load_pair
+from .data import check_polarity, find_pairs, load_pair, pairs_by_stem
 from .metrics import PROTOCOLS, SetMetrics
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -48,17 +48,6 @@ class Evaluation:
     examples: list[list[np.ndarray]] = field(default_factory=list)
 
 
-def select_pairs(pairs: list[tuple[Path, Path]], stems: Collection[str] | None, folder: str | Path) -> list[tuple[Path, Path]]:
-    """The pairs whose image stem is in `stems` (all if None); a stem without a pair is an error."""
-    if stems is None:
-        return pairs
-    wanted = set(stems)
-    missing = sorted(wanted - {image.stem for image, _ in pairs})
-    if missing:
-        raise DataError(f"{folder}: listed stem {missing[0]!r} has no pair ({len(missing)} missing)")
-    return [(i, m) for i, m in pairs if i.stem in wanted]
-
-
 def as_probability(focus_map: np.ndarray) -> np.ndarray:
     """A predictor's map as float64 in [0, 1]: uint8 maps are divided by 255."""
     return focus_map.astype(np.float64) / 255.0 if focus_map.dtype == np.uint8 else focus_map.astype(np.float64)
@@ -78,7 +67,7 @@ def evaluate(
     image's native resolution."""
     if not predictors:
         raise ValueError("predictors: none given")
-    pairs = select_pairs(find_pairs(folder), stems, folder)
+    pairs = find_pairs(folder) if stems is None else pairs_by_stem(find_pairs(folder), stems, folder, keep=True)
     metrics = {name: {p: SetMetrics(p) for p in PROTOCOLS} for name in predictors}
     out = Evaluation()
     for image_path, mask_path in tqdm(pairs, desc=desc, unit="image", disable=not progress):

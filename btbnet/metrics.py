@@ -125,19 +125,18 @@ class SetMetrics:
         """Add one image; returns its precision, recall, f_measure and mae (+ f_measure_code for ddff)."""
         pred, gt = _check_pair(pred, gt)
         if self.protocol == "paper":
-            precision, recall = _precision_recall(pred >= adaptive_threshold(pred), gt)
+            precision, recall = precision_recall_at(pred, gt, adaptive_threshold(pred))
             curve_p, curve_r = pr_curve(pred, gt)
             self._pr_precision += curve_p
             self._pr_recall += curve_r
             values = {"precision": precision, "recall": recall, "f_measure": f_measure(precision, recall)}
         else:
-            blurred = ~gt  # [H, W] positives of "ddff"
-            precision, recall = _precision_recall(pred < DDFF_THRESHOLD, blurred)
+            precision, recall = blurred_precision_recall(pred, gt)
             f = f_measure(precision, recall)
             # Threshold 0 of F_score1's sweep: every pixel predicted blurred.
-            f_all_blurred = f_measure(*_precision_recall(np.ones_like(blurred), blurred))
+            f_all_blurred = f_measure(*blurred_precision_recall(np.zeros_like(pred), gt))
             values = {"precision": precision, "recall": recall, "f_measure": f, "f_measure_code": max(f, f_all_blurred)}
-        values["mae"] = float(np.abs(pred - gt).mean())
+        values["mae"] = mae(pred, gt)
         self.images += 1
         for key, value in values.items():
             self._sums[key] = self._sums.get(key, 0.0) + value

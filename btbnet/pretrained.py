@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, read_checkpoint
+from .checkpoint import load_checkpoint, model_from, read_checkpoint
 from .io import file_sha256
 from .model import MultiStreamBTBNet
 
@@ -39,7 +39,7 @@ MODELS: dict[str, Released] = {
     "btbnet-cpu": Released(
         file="btbnet-cpu.pt",
         sha256="c3844503c7961e7749469c0a287ad2f2a8ed540b34e26ac19cdd80230d74abee",
-        max_size=416,  # 1.3 × its training scale, 320: the best of 256…640 on the validation split (README, "Inference scale")
+        max_size=416,  # 1.3 × its training scale, 320: the best of 256…640 on the validation split (docs/real-data.md, "Inference scale")
         summary="fast variant, width 0.25, BatchNorm, 1 stream + FNet + 1 RRNet step; trained from random "
         "initialisation on 2 CPU cores (infra/presets/cpu.yaml) on BSDS500 synthesis and Shi's 604 pairs",
     ),
@@ -91,10 +91,14 @@ def load_model(name_or_path: str, map_location: str | torch.device = "cpu") -> t
     if name_or_path.startswith(MLFLOW_SCHEMES):
         with tempfile.TemporaryDirectory(prefix="btbnet-mlflow-") as tmp:
             path = mlflow_checkpoint(name_or_path, Path(tmp))
-            return load_checkpoint(path, map_location=map_location), read_checkpoint(path)["extra"].get("max_size")
-    path = Path(name_or_path)
-    trained_at = read_checkpoint(path)["extra"].get("max_size")
-    return load_checkpoint(path, map_location=map_location), trained_at
+            return checkpoint_and_scale(path, map_location)
+    return checkpoint_and_scale(Path(name_or_path), map_location)
+
+
+def checkpoint_and_scale(path: Path, map_location: str | torch.device) -> tuple[MultiStreamBTBNet, int | None]:
+    """A checkpoint file's model and the scale it was trained at (`extra["max_size"]`), read once."""
+    payload = read_checkpoint(path, map_location)
+    return model_from(payload, path, map_location), payload["extra"].get("max_size")
 
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")

@@ -24,7 +24,8 @@ import mlflow
 import numpy as np
 import torch
 
-from btbnet.checkpoint import load_checkpoint, unwrap
+from btbnet.checkpoint import unwrap
+from btbnet.pretrained import load_model
 from btbnet.config import ConfigError, check_int, to_dict
 from btbnet.evaluation import comparison_table, evaluate
 from btbnet.metrics import PROTOCOLS, adaptive_threshold, f_measure, mae, precision_recall_at, reported_keys
@@ -43,7 +44,8 @@ NAME = "evaluate"
 @dataclass(frozen=True)
 class EvaluateConfig:
     """The `evaluate` section besides its test sets (`pipeline.runtime.testsets`): max_size, the longer
-    side the model sees, maps resized back (None: native; use the training `input.max_size`);
+    side the model sees, maps resized back (None: the scale the checkpoint was trained at, as
+    `btbnet predict` and batch_predict do, or native resolution if it records none);
     examples: rows of the example grid; device: auto, cpu, cuda or cuda:N; speed: precision,
     layout and compilation of the forward pass (`btbnet.speed`; metrics are computed in fp32);
     tta: test-time views whose maps are averaged (`btbnet.predict.VIEWS`; "none": the paper's
@@ -89,10 +91,10 @@ def configure(params: Params) -> EvaluateStage:
     )
 
 
-def predictor(model: torch.nn.Module, e: EvaluateConfig, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    """image → the map the stage scores: `model` under e.tta's views, at e.max_size, e.speed."""
+def predictor(model: torch.nn.Module, e: EvaluateConfig, max_size: int | None, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """image → the map the stage scores: `model` under e.tta's views, at max_size, e.speed."""
     views = with_views(model, e.tta)
-    return lambda image: predict_maps(views, [image], max_size=e.max_size, device=device, speed=e.speed)[0]
+    return lambda image: predict_maps(views, [image], max_size=max_size, device=device, speed=e.speed)[0]
 
 
 def caption(truth: np.ndarray, focus: np.ndarray) -> str:
@@ -113,11 +115,14 @@ def write_pr_curve(path: Path, result: dict) -> None:
 def run(cfg: EvaluateStage) -> None:
     e = cfg.evaluate
     device = ("cuda" if torch.cuda.is_available() else "cpu") if e.device == "auto" else e.device
-    model = e.speed.prepare(load_checkpoint(cfg.model, map_location=device))
+    model, trained_at = load_model(str(cfg.model), map_location=device)  # the checkpoint, read once
+    model = e.speed.prepare(model)
+    max_size = e.max_size or trained_at  # one source of truth for the scale: the checkpoint, unless overridden
     sets = cfg.sets.present()  # fail fast, before anything is written
     baselines = json.loads(cfg.baselines.read_text())
-    predict = {"BTBNet": predictor(model, e, device)}
-    with stage_run(NAME, {"model": unwrap(model).config.to_dict(), NAME: to_dict(e), "sets": to_dict(cfg.sets)}):
+    predict = {"BTBNet": predictor(model, e, max_size, device)}
+    logged = {"model": unwrap(model).config.to_dict(), NAME: to_dict(e) | {"seen_max_size": max_size}, "sets": to_dict(cfg.sets)}
+    with stage_run(NAME, logged):
         model_id = logged_model_id(cfg.model)  # the fine-tuned model in MLflow: the metrics are linked to it
         report, curves, grids = {}, {}, {}
         with stage.staged(resolve(e.plots_dir)) as plots_dir:

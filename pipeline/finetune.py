@@ -14,7 +14,7 @@ from btbnet.data import check_polarity, read_stems
 
 from .runtime import stage
 from .runtime.params import Params, resolve, resolve_data
-from .training.config import BLOCKS, StageSpec, train_config
+from .training.config import BLOCKS, StageSpec, stage_spec
 from .training.driver import train_stage
 
 NAME = "finetune"
@@ -42,14 +42,12 @@ class FinetuneConfig:
 def configure(params: Params) -> StageSpec:
     own = params.build(FinetuneConfig, NAME, drop=BLOCKS)
     init = resolve(params["pretrain"]["model"])
-    return StageSpec(
-        name=NAME,
+    return stage_spec(
+        params,
+        NAME,
+        own,
         data=resolve_data(own.data),
         polarity=own.polarity,
-        out=resolve(own.model),
-        metrics=resolve(own.metrics),
-        plots=resolve(own.plots),
-        train=train_config(params, NAME),
         model=read_config(init),
         init_checkpoint=init,
         exclude=tuple(read_stems(resolve(own.exclude))) if own.exclude else (),

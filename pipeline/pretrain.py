@@ -14,7 +14,7 @@ from btbnet.config import BTBNetConfig, ConfigError, from_mapping
 
 from .runtime import stage
 from .runtime.params import Params, ParamsError, is_uri, resolve
-from .training.config import BLOCKS, StageSpec, train_config
+from .training.config import BLOCKS, StageSpec, stage_spec
 from .training.driver import train_stage
 
 NAME = "pretrain"
@@ -34,14 +34,12 @@ class PretrainConfig:
 
 def configure(params: Params) -> StageSpec:
     own = params.build(PretrainConfig, NAME, drop=BLOCKS)
-    return StageSpec(
-        name=NAME,
+    return stage_spec(
+        params,
+        NAME,
+        own,
         data=resolve(params["synthesize"]["out_dir"]),
         polarity="in_focus",  # the synthesize stage writes 255 = in focus
-        out=resolve(own.model),
-        metrics=resolve(own.metrics),
-        plots=resolve(own.plots),
-        train=train_config(params, NAME),
         model=model_config(params),
         backbone_weights=weights_source(own.backbone_weights),
     )

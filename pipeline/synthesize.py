@@ -8,7 +8,7 @@ Reads `synthesize`. Each clear source image gives 20 samples (`mode: paper`: 4 b
 the cluster); the tasks get each source's bytes from the driver and send the PNGs back, and the
 driver writes them, named from the input: no node needs a file system shared with the driver,
 and identical params give byte-identical outputs (DVC caches by content). The 16× rotation/flip augmentation is applied at load time by the
-training stages (README, "Design notes": augmentation at load time).
+training stages (docs/design.md: augmentation at load time).
 """
 
 from __future__ import annotations

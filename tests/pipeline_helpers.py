@@ -48,7 +48,7 @@ def stage_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV and not k.startswith("DVC_")}
     env["PATH"] = f"{PYTHON_DIR}{os.pathsep}{env.get('PATH', '')}"
     env["SHELL"] = "/bin/sh"  # DVC runs stages with $SHELL -c: the same shell wherever the tests run
-    # Ray Train polls its workers every 2 s by default (README, "Scale-out"): a tiny run spends
+    # Ray Train polls its workers every 2 s by default (docs/scale-out.md): a tiny run spends
     # most of its life waiting for the poll to see it start and finish; 0.2 s here.
     env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "pipeline tests"

@@ -373,7 +373,7 @@ def test_exclude_leaves_out_the_listed_stems_and_names_unknown_ones(tmp_path):
     for stem in ("a", "b", "c"):
         striped_pair(tmp_path, stem, 8, 8)
     assert PairDataset(tmp_path, "blurred", size=None, exclude=["b"]).stems == ["a", "c"]
-    with pytest.raises(DataError, match="excluded stem 'z' is not in the data set"):
+    with pytest.raises(DataError, match="excluded stem 'z' has no pair"):
         PairDataset(tmp_path, "blurred", size=None, exclude=["z"])
 
 

@@ -7,8 +7,8 @@ then against what the rest of the repo assumes: the paper preset's Ray Train wor
 worker group, the entrypoint is the preset command, one shared path everywhere, the stages'
 `ray.init` can run inside the job.
 
-The CRD is KubeRay's file as released (see infra/kuberay/README.md): not kept in this repo, it is
-looked for in shared/kuberay/ or at $KUBERAY_RAYJOB_CRD, and the schema tests skip without it.
+The CRD is KubeRay's file as released, kept unchanged with its licence in infra/kuberay/crd/ (see
+infra/kuberay/README.md); $KUBERAY_RAYJOB_CRD points the tests at another copy.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def schema_errors(schema: dict[str, Any], instance: Any) -> list[str]:
 
 def crd_file() -> Path | None:
     candidates = [Path(os.environ[CRD_ENV])] if os.environ.get(CRD_ENV) else []
-    candidates += [REPO_ROOT / "shared" / "kuberay" / CRD_NAME, REPO_ROOT.parent / "shared" / "kuberay" / CRD_NAME]
+    candidates.append(REPO_ROOT / "infra" / "kuberay" / "crd" / CRD_NAME)
     return next((p for p in candidates if p.is_file()), None)
 
 
@@ -182,7 +182,7 @@ def crd_file() -> Path | None:
 def crd() -> dict[str, Any]:
     path = crd_file()
     if path is None:
-        pytest.skip(f"no {CRD_NAME} (KubeRay v1.7.0) in shared/kuberay/ nor at ${CRD_ENV}: see infra/kuberay/README.md")
+        pytest.fail(f"no {CRD_NAME} (KubeRay v1.7.0) in infra/kuberay/crd/ nor at ${CRD_ENV}: see infra/kuberay/README.md")
     data = path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == CRD_SHA256, f"{path} is not KubeRay v1.7.0's {CRD_NAME}"
     return yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

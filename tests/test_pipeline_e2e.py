@@ -35,7 +35,7 @@ from PIL import Image
 import btbnet
 from btbnet.data import list_images
 from btbnet.synthesis import DIRECTIONS, LEVELS
-from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, dvc, read_params, write_params
+from tests.pipeline_helpers import TINY_PARAMS, copy_repo, describe, dvc, git, read_params, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -384,8 +384,12 @@ def test_status_lists_only_the_stages_that_declare_the_changed_param(repo, repro
 
 @pytest.fixture(scope="module")
 def exp_repo(repo, repro, tmp_path_factory) -> Path:
-    """A copy of the repo after the repro, where the experiment runs (it changes the workspace)."""
-    return copy_after_repro(repo, tmp_path_factory.mktemp("exp") / "repo")
+    """A copy of the repo after the repro, committed as a user would (the experiment's baseline:
+    the code hashes in its dvc.lock are the workspace's), where the experiment runs."""
+    copy = copy_after_repro(repo, tmp_path_factory.mktemp("exp") / "repo")
+    git(copy, "add", "--all")
+    git(copy, "commit", "--quiet", "-m", "dvc repro")
+    return copy
 
 
 @pytest.fixture(scope="module")
@@ -469,7 +473,7 @@ def test_experiment_mlflow_runs_carry_the_experiment_name(exp_client, experiment
     assert sorted(stage_runs(client, "workspace")) == sorted(STAGES)
 
 
-# --- a queue of experiments (README: "Experiments") -----------------------------------------
+# --- a queue of experiments (docs/experiments.md) -----------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_evaluate_scores_the_maps_of_the_views_it_is_set_to(tmp_path, real_param
         path = write(tmp_path, deep_merge(real_params, {"evaluate": {"tta": views, "max_size": 16}}), pretrained)
         e = configure("evaluate", path).evaluate
         assert e.tta == views
-        maps[views] = pipeline.evaluate.predictor(model, e, "cpu")(image)
+        maps[views] = pipeline.evaluate.predictor(model, e, e.max_size, "cpu")(image)
         np.testing.assert_array_equal(maps[views], predict_map(with_views(model, views), image, max_size=16))
     assert real_params["evaluate"]["tta"] == "none"  # the paper's single pass by default
 

@@ -1,4 +1,4 @@
-"""The reliability matrix (README, "Reliability"): what a hostile user does to the pipeline.
+"""The reliability matrix (docs/reliability.md): what a hostile user does to the pipeline.
 
 Each case runs a stage (or `dvc repro`) in a tiny git copy of the repo and checks the promise:
 bad input ends in one `<stage>: error: …` line naming the file or key, exit 2, and none of the
@@ -117,7 +117,7 @@ def test_image_without_mask_and_excluded_stem_not_in_the_set(repo, monkeypatch, 
     write_params(repo, {"finetune": {"exclude": "stems.txt"}})
     status, stderr = execute_stage(repo, "finetune", monkeypatch, capsys)
     assert status == 2, stderr
-    assert "excluded stem 'defocus_0999' is not in the data set" in error_line(stderr, "finetune")
+    assert "excluded stem 'defocus_0999' has no pair (1 missing)" in error_line(stderr, "finetune")
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "I;16", "CMYK"])
@@ -337,7 +337,7 @@ def test_after_a_sigkill_a_changed_stage_closes_the_stale_run_and_starts_afresh(
     # process closed it already (seen in a clean-clone run: KILLED): the next run must cope with both.
     assert stage_runs(repo) in ([("workspace/pretrain", "RUNNING")], [("workspace/pretrain", "KILLED")])
     assert list((repo / ".ray_runs").glob("pretrain-*")) != []
-    for p in tree:  # Ray's agents may outlive a SIGKILLed driver (README, "Reliability")
+    for p in tree:  # Ray's agents may outlive a SIGKILLed driver (docs/reliability.md)
         try:
             p.kill()
         except psutil.NoSuchProcess:

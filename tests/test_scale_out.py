@@ -35,7 +35,7 @@ from tests.pipeline_helpers import (
 pytestmark = pytest.mark.slow
 
 # Steps per epoch and checkpoint interval. Ray Train resumes from a reported checkpoint only
-# once its poll of the workers has registered it (every 2 s by default; README, "Reliability"):
+# once its poll of the workers has registered it (every 2 s by default; docs/reliability.md):
 # the stages here poll every 0.2 s, so that the intervals of these short steps outlast it.
 STEPS, EVERY = 16, 8
 POLL = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}

@@ -1,6 +1,6 @@
 """Precision, memory layout and compilation (btbnet.speed) on CPU: what a GPU run relies on.
 
-Tolerances (stated in the README, "Speed settings"): bf16 probabilities within 0.06 of fp32's
+Tolerances (stated in the docs/speed.md): bf16 probabilities within 0.06 of fp32's
 at most and 0.01 on average for these tiny models; channels_last within 1e-5 of NCHW.
 """
 

@@ -1,7 +1,7 @@
 """What every stage shares: `configure` then `run`, one-line errors, all-or-nothing outputs,
 and a clean end when it is interrupted.
 
-Guarantees (README, "Reliability"):
+Guarantees (docs/reliability.md):
 - bad input: `<stage>: error: <message>` on stderr, exit 2, and none of the stage's outputs;
 - SIGINT / SIGTERM, or the death of the parent process (`dvc repro` killed): the stage stops,
   its staging files, MLflow run (marked KILLED) and local Ray instance are cleaned up, and it
@@ -125,7 +125,7 @@ def last_line(line: str) -> None:
 
 
 def quiet() -> None:
-    """Silence the console lines that say nothing to a pipeline user (README, "Console output"):
+    """Silence the console lines that say nothing to a pipeline user (docs/reliability.md, "Console output"):
     MLflow's INFO lines on system-metrics sampling, its advice on pickled models (the logged
     model carries the checkpoint, which `btbnet predict --model models:/…` loads as plain
     weights), its warning on a dataset source path that two source types accept, and Ray's

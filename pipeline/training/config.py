@@ -21,7 +21,7 @@ from btbnet.data import InputConfig, PairDataset
 from btbnet.speed import SpeedConfig
 from btbnet.train import LoopConfig, OptimConfig
 
-from ..runtime.params import Params, ParamsError
+from ..runtime.params import Params, ParamsError, resolve
 from .store import local_folder
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
@@ -142,3 +142,10 @@ class StageSpec:
 
     def dataset(self) -> PairDataset:
         return self.train.input.dataset(local_folder(self.data), self.polarity, exclude=self.exclude, seed=self.train.loop.seed)
+
+
+def stage_spec(params: Params, name: str, own: Any, **fields: Any) -> StageSpec:
+    """Training stage `name`'s spec: the outputs its section `own` names (model, metrics, plots;
+    made absolute), its recipe (`train_config`) and the stage's own `fields`."""
+    return StageSpec(name=name, out=resolve(own.model), metrics=resolve(own.metrics), plots=resolve(own.plots),
+                     train=train_config(params, name), **fields)  # fmt: skip

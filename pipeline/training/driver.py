@@ -1,6 +1,6 @@
 """`train_stage`, the driver of pretrain and finetune: check the inputs, fit on Ray, write the
 model, metrics and plots, and log it all to the stage's MLflow run (section 4.1's recipe, DDP on
-Ray Train; README, "Scale-out and fault tolerance")."""
+Ray Train; docs/scale-out.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where a training stage's inputs and run state live: data from URIs (copied once per node),
 the driver's inputs shipped to object storage, Ray Train's run store, and the run key.
 
-A cluster whose nodes share no file system with the driver (README, "Scale-out") trains from
+A cluster whose nodes share no file system with the driver (docs/scale-out.md) trains from
 object storage: `ray.storage` is a URI, the driver uploads its local inputs there once per
 content (`ship_inputs`), and every worker copies what it reads into its node's cache
 (`local_folder`). The run key names a stage's Ray Train run after everything DVC hashes for
