@@ -33,7 +33,7 @@ from typing import Iterator
 import torch
 
 from btbnet import BTBNetConfig, build_model
-from btbnet.data import PairDataset
+from btbnet.data import InputConfig, PairDataset
 from btbnet.losses import REDUCTIONS
 from btbnet.summary import count_parameters
 from btbnet.train import OptimConfig, make_optimizer, train_step
@@ -100,7 +100,7 @@ def random_batches(count: int, batch: int, size: int, seed: int) -> list[Batch]:
 
 def data_batches(root: Path, count: int, batch: int, size: int) -> list[Batch]:
     """`count` batches of real pairs from `root`, items taken in order (cycling), ×16 augmented."""
-    dataset = PairDataset(root, polarity="blurred", size=size, augment=True)
+    dataset = PairDataset(root, "blurred", InputConfig(image_size=size, augment=True))
     items = [dataset[i % len(dataset)] for i in range(count * batch)]
     batches = []
     for b in range(count):

@@ -154,7 +154,6 @@ def check_same_size(image_path: Path, size: tuple[int, int], mask_path: Path, ma
 
 def load_pair(image_path: str | Path, mask_path: str | Path, polarity: str) -> tuple[np.ndarray, np.ndarray]:
     """(image [H, W, 3] uint8, mask [H, W] uint8 {0, 255}, 255 = in focus) of one pair."""
-    check_polarity(polarity)
     image, mask = load_rgb(image_path), load_mask(mask_path, polarity)
     check_same_size(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
     return image, mask
@@ -207,10 +206,7 @@ class InputConfig:
         return self.crop_size is not None or self.image_size is not None
 
     def dataset(self, root: str | Path, polarity: str, exclude: Collection[str] = (), seed: int = 0) -> "PairDataset":
-        return PairDataset(
-            root, polarity, size=self.image_size, augment=self.augment, max_size=self.max_size,
-            crop_size=self.crop_size, exclude=exclude, seed=seed,
-        )  # fmt: skip
+        return PairDataset(root, polarity, self, exclude=exclude, seed=seed)
 
 
 def read_stems(path: str | Path) -> list[str]:
@@ -250,8 +246,8 @@ class PairDataset(torch.utils.data.Dataset):
     """(image, mask) tensors of a data set folder, optionally ×16 augmented (section 4.1).
 
     Item i is pair i, or with `augment` pair i // 16 under `btbnet.augment.augment(…, i % 16)`.
-    Each pair is shrunk to `max_size`, augmented, then cropped (`crop_size`) or resized
-    (`size`), as `InputConfig` describes. Returns image [3, S, S] float32 in [0, 1] and mask
+    Each pair is shrunk to `input.max_size`, augmented, then cropped (`crop_size`) or resized
+    (`image_size`), as that `InputConfig` describes. Returns image [3, S, S] float32 in [0, 1] and mask
     [1, S, S] float32 in {0, 1} (1 = in focus). Pairs whose stem is in `exclude` are left out
     (a held-out split); every excluded stem must exist. All pairs are matched at construction
     (`find_pairs`); images are decoded lazily in `__getitem__`. `set_epoch` re-draws the crops.
@@ -261,25 +257,17 @@ class PairDataset(torch.utils.data.Dataset):
         self,
         root: str | Path,
         polarity: str,
-        size: int | None,
-        augment: bool = False,
-        image_dir: str = "image",
-        mask_dir: str = "gt",
-        max_size: int | None = None,
-        crop_size: int | None = None,
+        input: InputConfig = InputConfig(augment=False),
         exclude: Collection[str] = (),
         seed: int = 0,
+        image_dir: str = "image",
+        mask_dir: str = "gt",
     ):
         check_polarity(polarity)
-        for key, value in (("size", size), ("max_size", max_size), ("crop_size", crop_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{key}: must be a positive integer or None, got {value!r}")
         self.root = Path(root)
         self.polarity = polarity
-        self.size = size
-        self.augment = bool(augment)
-        self.max_size = max_size
-        self.crop_size = crop_size
+        self.input = input  # checked when it was built: InputConfig.__post_init__
+        self.size, self.augment, self.max_size, self.crop_size = input.image_size, input.augment, input.max_size, input.crop_size
         self.seed = seed
         self.epoch = 0
         self.pairs: list[tuple[Path, Path]] = pairs_by_stem(find_pairs(self.root, image_dir, mask_dir), exclude, self.root, keep=False)

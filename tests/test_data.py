@@ -13,6 +13,7 @@ from btbnet.data import (
     IMAGE_EXTENSIONS,
     POLARITIES,
     DataError,
+    InputConfig,
     PairDataset,
     find_pairs,
     image_size,
@@ -253,7 +254,7 @@ def test_to_tensor_layout_and_range():
 
 def test_pair_dataset_resized_items(tmp_path):
     expected = make_dataset(tmp_path, [(20, 30), (24, 18), (16, 16)])
-    ds = PairDataset(tmp_path, polarity="blurred", size=12)
+    ds = PairDataset(tmp_path, "blurred", InputConfig(image_size=12, augment=False))
     assert len(ds) == 3 and ds.stems == ["00", "01", "02"] and len(ds.pairs) == 3
     for i in range(len(ds)):
         image, mask = ds[i]
@@ -269,7 +270,7 @@ def test_pair_dataset_resized_items(tmp_path):
 
 def test_pair_dataset_native_size_matches_files(tmp_path):
     expected = make_dataset(tmp_path, [(10, 14)])
-    image, mask = PairDataset(tmp_path, "blurred", size=None)[0]
+    image, mask = PairDataset(tmp_path, "blurred", InputConfig(augment=False))[0]
     assert image.shape == (3, 10, 14) and mask.shape == (1, 10, 14)
     np.testing.assert_array_equal(mask[0].numpy(), expected[0] / 255)
     np.testing.assert_array_equal(image.numpy(), to_tensor(load_rgb(tmp_path / "image" / "00.png")).numpy())
@@ -277,15 +278,15 @@ def test_pair_dataset_native_size_matches_files(tmp_path):
 
 def test_pair_dataset_polarity_in_focus_inverts(tmp_path):
     make_dataset(tmp_path, [(8, 9)])
-    _, as_blurred = PairDataset(tmp_path, "blurred", size=None)[0]
-    _, as_in_focus = PairDataset(tmp_path, "in_focus", size=None)[0]
+    _, as_blurred = PairDataset(tmp_path, "blurred", InputConfig(augment=False))[0]
+    _, as_in_focus = PairDataset(tmp_path, "in_focus", InputConfig(augment=False))[0]
     torch.testing.assert_close(as_in_focus, 1 - as_blurred)
 
 
 def test_pair_dataset_augmented_length_and_items(tmp_path):
     make_dataset(tmp_path, [(20, 26), (18, 18)])
-    plain = PairDataset(tmp_path, "blurred", size=None)
-    augmented = PairDataset(tmp_path, "blurred", size=None, augment=True)
+    plain = PairDataset(tmp_path, "blurred", InputConfig(augment=False))
+    augmented = PairDataset(tmp_path, "blurred", InputConfig(augment=True))
     assert len(augmented) == 2 * 16
     for a, b in zip(augmented[0], plain[0]):
         torch.testing.assert_close(a, b)
@@ -297,13 +298,13 @@ def test_pair_dataset_augmented_length_and_items(tmp_path):
     np.testing.assert_array_equal(got_mask[0].numpy(), want_mask / 255)
     # 45° versions are smaller squares at native size, resized ones all S×S.
     assert augmented[2][0].shape == (3, 14, 14)
-    resized = PairDataset(tmp_path, "blurred", size=10, augment=True)
+    resized = PairDataset(tmp_path, "blurred", InputConfig(image_size=10, augment=True))
     assert {tuple(resized[i][0].shape) for i in range(len(resized))} == {(3, 10, 10)}
 
 
 def test_pair_dataset_index_bounds(tmp_path):
     make_dataset(tmp_path, [(8, 8)])
-    ds = PairDataset(tmp_path, "blurred", size=None)
+    ds = PairDataset(tmp_path, "blurred", InputConfig(augment=False))
     torch.testing.assert_close(ds[-1][0], ds[0][0])
     with pytest.raises(IndexError):
         ds[1]
@@ -312,18 +313,18 @@ def test_pair_dataset_index_bounds(tmp_path):
 def test_pair_dataset_validates_at_construction(tmp_path):
     make_dataset(tmp_path, [(8, 8)])
     with pytest.raises(ValueError, match="polarity"):
-        PairDataset(tmp_path, "white", size=8)
+        PairDataset(tmp_path, "white", InputConfig(image_size=8, augment=False))
     with pytest.raises(ValueError, match="size"):
-        PairDataset(tmp_path, "blurred", size=0)
+        PairDataset(tmp_path, "blurred", InputConfig(image_size=0, augment=False))
     save(np.zeros((8, 8, 3), np.uint8), tmp_path / "image" / "no_mask.png")
     with pytest.raises(DataError, match="no_mask.png: no mask"):
-        PairDataset(tmp_path, "blurred", size=8)
+        PairDataset(tmp_path, "blurred", InputConfig(image_size=8, augment=False))
 
 
 def test_pair_dataset_decodes_lazily(tmp_path):
     make_dataset(tmp_path, [(8, 8), (8, 8)])
     (tmp_path / "image" / "01.png").write_bytes(b"corrupt")
-    ds = PairDataset(tmp_path, "blurred", size=8)  # pairs are matched, nothing decoded yet
+    ds = PairDataset(tmp_path, "blurred", InputConfig(image_size=8, augment=False))  # pairs are matched, nothing decoded yet
     assert ds[0][0].shape == (3, 8, 8)
     with pytest.raises(DataError, match="01.png: cannot read image"):
         ds[1]
@@ -331,7 +332,7 @@ def test_pair_dataset_decodes_lazily(tmp_path):
 
 def test_pair_dataset_works_with_dataloader(tmp_path):
     make_dataset(tmp_path, [(12, 12), (14, 10)])
-    loader = torch.utils.data.DataLoader(PairDataset(tmp_path, "blurred", size=8, augment=True), batch_size=4)
+    loader = torch.utils.data.DataLoader(PairDataset(tmp_path, "blurred", InputConfig(image_size=8, augment=True)), batch_size=4)
     images, masks = next(iter(loader))
     assert images.shape == (4, 3, 8, 8) and masks.shape == (4, 1, 8, 8)
 
@@ -372,22 +373,22 @@ def striped_pair(root: Path, stem: str, h: int, w: int) -> None:
 def test_exclude_leaves_out_the_listed_stems_and_names_unknown_ones(tmp_path):
     for stem in ("a", "b", "c"):
         striped_pair(tmp_path, stem, 8, 8)
-    assert PairDataset(tmp_path, "blurred", size=None, exclude=["b"]).stems == ["a", "c"]
+    assert PairDataset(tmp_path, "blurred", InputConfig(augment=False), exclude=["b"]).stems == ["a", "c"]
     with pytest.raises(DataError, match="excluded stem 'z' has no pair"):
-        PairDataset(tmp_path, "blurred", size=None, exclude=["z"])
+        PairDataset(tmp_path, "blurred", InputConfig(augment=False), exclude=["z"])
 
 
 def test_crops_are_windows_of_the_shrunk_pair_redrawn_each_epoch(tmp_path):
     striped_pair(tmp_path, "a", 40, 60)
-    data = PairDataset(tmp_path, "blurred", size=None, augment=False, max_size=30, crop_size=12, seed=3)
+    data = PairDataset(tmp_path, "blurred", InputConfig(augment=False, max_size=30, crop_size=12), seed=3)
     image, mask = data.arrays(0)
     assert image.shape == (12, 12, 3) and mask.shape == (12, 12)
-    shrunk, shrunk_mask = PairDataset(tmp_path, "blurred", size=None, max_size=30).arrays(0)
+    shrunk, shrunk_mask = PairDataset(tmp_path, "blurred", InputConfig(max_size=30, augment=False)).arrays(0)
     assert shrunk.shape == (20, 30, 3)  # the longer side is max_size
     windows = [(y, x) for y in range(20 - 11) for x in range(30 - 11)
                if np.array_equal(shrunk[y:y + 12, x:x + 12], image) and np.array_equal(shrunk_mask[y:y + 12, x:x + 12], mask)]
     assert len(windows) == 1  # the crop is one window of the shrunk pair, image and mask aligned
-    again = PairDataset(tmp_path, "blurred", size=None, max_size=30, crop_size=12, seed=3).arrays(0)
+    again = PairDataset(tmp_path, "blurred", InputConfig(max_size=30, crop_size=12, augment=False), seed=3).arrays(0)
     assert np.array_equal(again[0], image)  # (seed, epoch, item) decide the window
     data.set_epoch(1)
     assert not np.array_equal(data.arrays(0)[0], image)
@@ -396,16 +397,16 @@ def test_crops_are_windows_of_the_shrunk_pair_redrawn_each_epoch(tmp_path):
 def test_a_45_degree_version_too_small_for_the_crop_falls_back_to_the_right_angle(tmp_path):
 
     striped_pair(tmp_path, "a", 20, 30)
-    data = PairDataset(tmp_path, "blurred", size=None, augment=True, crop_size=18)
+    data = PairDataset(tmp_path, "blurred", InputConfig(augment=True, crop_size=18))
     # version 2 is 45°: its inscribed square (floor(20 / √2) = 14) < 18, so version 0 is used
     image, _ = data.arrays(2)
-    base, base_mask = PairDataset(tmp_path, "blurred", size=None).arrays(0)
+    base, base_mask = PairDataset(tmp_path, "blurred", InputConfig(augment=False)).arrays(0)
     assert image.shape == (18, 18, 3)
     assert any(np.array_equal(base[y:y + 18, x:x + 18], image) for y in range(3) for x in range(13))
     assert augment(base, base_mask, 2)[0].shape[0] == 14
 def test_a_pair_smaller_than_the_crop_is_upscaled_first(tmp_path):
     striped_pair(tmp_path, "a", 10, 16)
-    image, mask = PairDataset(tmp_path, "blurred", size=None, crop_size=20).arrays(0)
+    image, mask = PairDataset(tmp_path, "blurred", InputConfig(crop_size=20, augment=False)).arrays(0)
     assert image.shape == (20, 20, 3) and set(np.unique(mask)) <= {0, 255}
 
 

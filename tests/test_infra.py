@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from btbnet.config import deep_merge, flatten
-from btbnet.checkpoint import read_checkpoint
-from btbnet.pretrained import DEFAULT, released, weights_path
+from btbnet.checkpoint import read_checkpoint, read_config
+from btbnet.pretrained import released, weights_path
 from pipeline.runtime.params import load_params
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -375,18 +375,25 @@ def test_dvc_reads_quoted_strings_back_as_the_same_strings(tmp_path: Path) -> No
     assert yaml.safe_load(path.read_text()) == values
 
 
-def test_cpu_preset_trains_at_one_scale_and_scores_at_the_released_model_s(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("preset", "release"), [("cpu", "btbnet-cpu"), ("imagenet", "btbnet-lite0")])
+def test_a_cpu_preset_trains_at_one_scale_and_scores_at_its_released_model_s(tmp_path: Path, preset: str, release: str) -> None:
     """Defocus is a property of scale: synthesis and training crops share one size; evaluation
-    sees photos at the scale the released model is run at (chosen on val, near the training one)."""
-    cpu = yaml.safe_load((REPO_ROOT / "infra" / "presets" / "cpu.yaml").read_text())
+    sees photos at the scale the released model is run at (chosen on val, near the training one);
+    the selection run holds the validation split out."""
+    values = yaml.safe_load((REPO_ROOT / "infra" / "presets" / f"{preset}.yaml").read_text())
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), cpu)))
+    path.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(PARAMS_FILE.read_text()), values)))
     c = configure_all(path)
     sizes = {c["synthesize"].max_size, c["pretrain"].train.input.max_size, c["finetune"].train.input.max_size}
-    trained_at = read_checkpoint(weights_path(DEFAULT))["extra"]["max_size"]  # what the release records
+    trained_at = read_checkpoint(weights_path(release))["extra"]["max_size"]  # what the release records
     assert sizes == {trained_at} == {320}
-    assert c["evaluate"].evaluate.max_size == released(DEFAULT).max_size == 416
-    assert c["pretrain"].model.norm == "batch" and c["pretrain"].backbone_weights is None  # from random init
+    assert c["evaluate"].evaluate.max_size == released(release).max_size == 416
+    assert read_config(weights_path(release)) == c["pretrain"].model  # the released architecture is the preset's
+    if preset == "cpu":
+        assert c["pretrain"].model.norm == "batch" and c["pretrain"].backbone_weights is None  # from random init
+    else:
+        assert c["pretrain"].backbone_weights == "imagenet" and c["synthesize"].mode == "lens"
+        assert c["finetune"].train.optim.iou_weight == 1.0 and c["finetune"].train.optim.deep_supervision
     assert c["finetune"].exclude == tuple((REPO_ROOT / "data" / "splits" / "cuhk_val.txt").read_text().split())
     val = c["evaluate"].sets.test_sets[0]
     assert (val.name, val.folder, val.stems) == ("val", "cuhk/train", "data/splits/cuhk_val.txt")

@@ -127,7 +127,7 @@ def test_every_image_mode_passes_the_header_check_and_loads_as_rgb(tmp_path, mod
     (root / "gt").mkdir()
     Image.new(mode, (9, 7)).save(root / "image" / f"a.{'jpg' if mode == 'CMYK' else 'png'}")
     Image.new("L", (9, 7), 255).save(root / "gt" / "a.png")
-    dataset = btbnet.data.PairDataset(root, "blurred", size=None)
+    dataset = btbnet.data.PairDataset(root, "blurred", btbnet.data.InputConfig(augment=False))
     dataset.check_files()
     image, mask = dataset.arrays(0)
     assert image.shape == (7, 9, 3) and mask.shape == (7, 9)

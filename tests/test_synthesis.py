@@ -182,7 +182,7 @@ def test_sources_are_found_recursively_and_named_by_their_path(tmp_path):
 def test_write_samples_writes_twenty_pairs_that_read_back(tmp_path):
     from PIL import Image
 
-    from btbnet.data import PairDataset
+    from btbnet.data import InputConfig, PairDataset
     from btbnet.synthesis import Source, write_samples
 
     Image.fromarray(noise_image(12, 20)).save(tmp_path / "src.png")
@@ -191,7 +191,7 @@ def test_write_samples_writes_twenty_pairs_that_read_back(tmp_path):
     count, size = write_samples(Source(tmp_path / "src.png", "s"), tmp_path / "out", max_size=10)
     files = sorted((tmp_path / "out").rglob("*.png"))
     assert count == 20 and len(files) == 40 and size == sum(f.stat().st_size for f in files)
-    data = PairDataset(tmp_path / "out", polarity="in_focus", size=None)
+    data = PairDataset(tmp_path / "out", "in_focus", InputConfig(augment=False))
     assert sorted(data.stems)[:2] == ["s_down_1", "s_down_2"]
     image, mask = data.arrays(data.stems.index("s_up_3"))
     assert image.shape == (6, 10, 3)  # shrunk to max_size 10 on the longer side
