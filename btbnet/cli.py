@@ -78,7 +78,7 @@ def add_predict_command(commands: Any) -> None:
     )
     predict.add_argument(
         "--max-size", type=positive_int, metavar="N",
-        help="run the model on images downscaled to at most N px (default: a released model's scale, 416 px for btbnet-cpu; a checkpoint's training scale)",
+        help="run the model on images downscaled to at most N px (default: a released model's scale, 416 px for btbnet-lite0 and btbnet-cpu; a checkpoint's training scale)",
     )  # fmt: skip
     predict.add_argument(
         "--max-pixels", type=positive_int, metavar="M", default=MAX_PIXELS,

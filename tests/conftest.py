@@ -21,3 +21,20 @@ def tiny_model_cpu_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The modules that run whole stages, longest first (their set-ups and tests take minutes; the
+# rest, seconds). They start first, one per xdist worker as workers free up, so that no worker
+# is left with a long module at the end while the other idles (pyproject: -n 2 --dist loadfile
+# --no-loadscope-reorder). Every other module, and the tests within each, keep the random order.
+LONG_MODULES = ("test_pipeline_e2e.py", "test_scale_out.py", "test_reliability.py", "test_batch_predict.py",
+                "test_pipeline_errors.py", "test_training_order.py")  # fmt: skip
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-random-order has shuffled
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: the shuffled order within each rank stays
