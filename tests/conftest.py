@@ -23,11 +23,14 @@ def tiny_model_cpu_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-# The modules that run whole stages, longest first (their set-ups and tests take minutes; the
-# rest, seconds). They start first, one per xdist worker as workers free up, so that no worker
-# is left with a long module at the end while the other idles (pyproject: -n 2 --dist loadfile
-# --no-loadscope-reorder). Every other module, and the tests within each, keep the random order.
-LONG_MODULES = ("test_pipeline_e2e.py", "test_scale_out.py", "test_reliability.py", "test_batch_predict.py",
+# The modules that run whole stages (their set-ups and tests take minutes; the rest, seconds)
+# start first. xdist hands the first modules out in turn (gw0, gw1, gw0, …; pyproject: -n 2
+# --dist loadfile --no-loadscope-reorder) and the rest to whichever worker is free, so this
+# order pairs them into two similar loads (measured in a fresh clone, 2 cores, seconds):
+# gw0 e2e (~460) + batch predict, pipeline errors; gw1 scale-out (~450) + reliability (~360),
+# training order; the short modules then fill gw0. Every other module, and the tests within
+# each, keep the random order.
+LONG_MODULES = ("test_pipeline_e2e.py", "test_scale_out.py", "test_batch_predict.py", "test_reliability.py",
                 "test_pipeline_errors.py", "test_training_order.py")  # fmt: skip
 
 
