@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import contextlib
 import socket
 import sys
+import threading
 from typing import Any
+
+import psutil
 
 from .params import REPO_ROOT
 from .process import interrupt_on_sigterm
@@ -132,8 +136,51 @@ def init_ray(env_vars: dict[str, str] | None = None, address: str | None = None)
         **kwargs,
     )
     interrupt_on_sigterm()  # ray.init installs its own handler (sys.exit)
+    # Ray's excepthook reports an uncaught exception to the GCS first: when a terminal's Ctrl-C
+    # has killed the local GCS too (the whole foreground group gets SIGINT), that call never
+    # returns and the stage hangs for ever. Python's own hook just prints.
+    sys.excepthook = sys.__excepthook__
     if not isinstance(sys.stderr, RayLineFilter):
         sys.stderr = RayLineFilter(sys.stderr)  # Ray's log thread looks sys.stderr up at each line
     if getattr(context, "dashboard_url", None):
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
     return address == "local"
+
+
+SHUTDOWN_TIMEOUT_S = 20.0  # Ray's own shutdown; then what is left of a local instance is killed
+
+
+def stop_ray(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Disconnect from Ray, and stop a local instance for sure: `ray.shutdown()` in a thread,
+    at most `timeout_s`; then every process this one started (the local instance's GCS,
+    raylet, dashboard, workers) is terminated by PID, killed after 3 s if it lingers. A
+    Ctrl-C reaches the local instance's processes too, and Ray's shutdown cannot stop the
+    dashboard or the log monitor once the GCS is gone: they would outlive the stage."""
+    import ray
+
+    children = [p for p in psutil.Process().children(recursive=True) if is_ray_process(p)]
+    done = threading.Thread(target=_quiet_shutdown, args=(ray,), name="ray-shutdown", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    left = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=3)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def is_ray_process(proc: psutil.Process) -> bool:
+    """Whether `proc` is one of a local Ray instance's (its binaries, its Python modules, its
+    workers' `ray::` titles), not some other child of the caller's."""
+    with contextlib.suppress(psutil.Error):
+        command = " ".join(proc.cmdline()) or proc.name()
+        return "ray" in proc.name() or "/ray/" in command or command.startswith(("ray::", "ray-"))
+    return False
+
+
+def _quiet_shutdown(ray: Any) -> None:
+    with contextlib.suppress(Exception):  # a dead GCS makes Ray's shutdown raise; the PIDs are stopped next
+        ray.shutdown()

@@ -24,6 +24,7 @@ from btbnet.config import ConfigError
 from btbnet.data import DataError
 from btbnet.io import atomic_output, remove
 
+from . import cluster
 from . import params as params_lib
 from .params import Params, load_params
 from .process import INTERRUPTED, die_with_parent, interrupt_on_sigterm, interruption
@@ -114,12 +115,12 @@ def last_line(line: str) -> None:
 
     Ray forwards its processes' output to the driver's stderr from a thread, one `print` (two
     writes) at a time; a line such as `(TrainController pid=…) Failed to stop …` could land in
-    the middle of ours. Ray is shut down first (which stops that thread: what it forwards comes
+    the middle of ours. Ray is shut down first (`cluster.stop_ray`: which stops that thread, what it forwards comes
     before our line), and the line goes out in one write.
     """
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        ray.shutdown()
+        cluster.stop_ray()
     sys.stderr.write(f"{line}\n")
     sys.stderr.flush()
 
