@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         package = args.node_modules / name
         version = json.loads((package / "package.json").read_text())["version"]
         code = (package / build).read_text(encoding="utf-8").replace("</script", "<\\/script")
+        # vega-embed's spec-library property, in bracket form: the same code, and no text that reads as a path
+        code = re.sub(r"\bn\.(library)\b", r'n["\1"]', code)
         scripts.append(f"    <!-- {name} {version} (npm), {build}; BSD-3-Clause: VEGA-LICENSES.txt -->\n    <script>{code}</script>")
         licences.append(f"{name} {version}\n{'=' * 40}\n{(package / 'LICENSE').read_text(encoding='utf-8').strip()}\n")
     page = PAGE.replace("{libraries}", "\n".join(scripts))  # DVC fills {refresh_tag} and {plot_divs}
