@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -22,3 +24,17 @@ def tiny_model_cpu_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
+
+@pytest.fixture(autouse=True)
+def no_leftover_environment_or_signal_handlers() -> Iterator[None]:
+    """What code run in this process sets for its own children (MLflow's experiment id, Ray's
+    client mode, a SIGINT handler) is undone after each test: every later subprocess starts from
+    the environment and the Ctrl-C behaviour a shell gives it, whatever ran before."""
+    environ, handlers = dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
+    for signum, handler in handlers.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)

@@ -39,6 +39,19 @@ TINY_PARAMS: dict[str, Any] = {
     "evaluate": {"max_size": 32, "device": "cpu"},
 }
 
+# A training that Ray Train checkpoints part-way and resumes: steps per epoch, checkpoint interval.
+# Ray Train resumes from a reported checkpoint only once its poll of the workers has registered
+# it (every 0.2 s in stage_env; docs/reliability.md): the checkpoint intervals of these short
+# steps outlast it.
+STEPS, EVERY = 16, 8
+RESUMABLE: dict[str, Any] = {
+    "train": {
+        "input": {"image_size": 64},
+        "loop": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": STEPS},
+        "ray": {"num_workers": 2, "cpus_per_worker": 0.5, "checkpoint_every_steps": EVERY, "max_failures": 2},
+    }
+}
+
 # Variables that would send a stage's output elsewhere than the copy, or make it a DVC experiment.
 _FOREIGN_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "RAY_ADDRESS", "PYTHONPATH")
 
@@ -158,6 +171,22 @@ def error_line(stderr: str, stage: str) -> str:
 def write_pretrained(repo: Path) -> Path:
     """A valid tiny `models/pretrain.pt` in `repo` (what finetune starts from)."""
     return save_checkpoint(build_model(BTBNetConfig(width=0.0625)), repo / "models" / "pretrain.pt")
+
+
+def logged_steps(epochs: int, steps: int) -> list[int]:
+    """The steps rank 0 logs (every 5th and each epoch's last), each exactly once."""
+    return [e * steps + s for e in range(epochs) for s in range(steps) if s % 5 == 0 or s == steps - 1]
+
+
+def step_history(repo: Path, stage: str, uri: str | None = None) -> list[int]:
+    """The logged steps of the stage's one finished MLflow run (in `repo`'s store, or at `uri`)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri or f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("btbnet").experiment_id],
+                              f"tags.`btbnet.stage` = '{stage}' and attributes.status = 'FINISHED'")  # fmt: skip
+    assert len(runs) == 1, [(r.info.run_name, r.info.status) for r in runs]
+    return sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "step/total"))
 
 
 def fake_synthetic_set(repo: Path) -> None:

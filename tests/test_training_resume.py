@@ -1,10 +1,15 @@
 """The pieces of resumable training that need no Ray: the run key, the resumable sampler, the
-state saved beside each checkpoint, and the run store (tests/test_scale_out.py runs them on Ray)."""
+state saved beside each checkpoint, the run store, and the fit's wait that a signal always
+interrupts (tests/test_scale_out.py and tests/test_reliability.py run them on Ray)."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ from btbnet.data import DataError, InputConfig
 from btbnet.train import LoopConfig, OptimConfig, make_optimizer, make_scheduler, train_epoch
 from pipeline.training.config import RayConfig, StageSpec, TrainConfig
 from pipeline.training.store import DATA_CACHE, RunStore, local_folder, run_key, ship_inputs
+from pipeline.training.trainer import fit_interruptibly
 from pipeline.training.worker import ResumableSampler, load_state, make_loader, save_state
 from tests.pipeline_helpers import REPO
 
@@ -144,13 +150,37 @@ def test_workers_copying_one_data_uri_at_once_all_get_the_whole_copy(tmp_path):
     assert not [p for p in DATA_CACHE.iterdir() if p.name.startswith(f".{copies[0].name}-")]  # no leftovers
 
 
-def test_the_private_ray_hook_the_trainer_replaces_is_still_there():
-    """`pipeline.training.trainer.run_training` turns off Ray's SIGINT handler (which can wait
-    for ever on a stuck controller) by replacing the trainer's `_register_sigint_handler`; no
-    public setting does it. If Ray renames or drops the hook, this fails and the line must go."""
-    import inspect
+class Trainer:
+    """A stand-in for Ray Train's TorchTrainer: `fit` blocks on `gate`, then returns or raises."""
 
-    from ray.train.torch import TorchTrainer
+    def __init__(self, outcome: object):
+        self.gate, self.outcome, self.thread = threading.Event(), outcome, None
 
-    assert callable(getattr(TorchTrainer, "_register_sigint_handler", None))
-    assert "self._register_sigint_handler(" in inspect.getsource(TorchTrainer.__mro__[1])
+    def fit(self) -> object:
+        self.thread = threading.current_thread()
+        self.gate.wait()  # a wait in C, as Ray's ray.get is
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def test_the_fit_runs_off_the_main_thread_and_its_result_or_error_comes_back():
+    done = Trainer("result")
+    done.gate.set()
+    assert fit_interruptibly(done) == "result" and done.thread is not threading.main_thread()
+    failed = Trainer(RuntimeError("worker group failed"))
+    failed.gate.set()
+    with pytest.raises(RuntimeError, match="worker group failed"):
+        fit_interruptibly(failed)
+
+
+def test_a_signal_interrupts_the_stage_while_the_fit_waits():
+    """SIGINT (a terminal's Ctrl-C) while the fit is blocked: KeyboardInterrupt in the main
+    thread within the poll interval, the fit left to the stage's clean-up (Ray's shutdown)."""
+    stuck = Trainer("never")
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fit_interruptibly(stuck, poll_s=0.1)
+    assert time.monotonic() - started < 3
+    stuck.gate.set()

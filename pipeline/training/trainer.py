@@ -4,6 +4,7 @@ tell bad input (the stage's one-line error) from a crash (survived from the last
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,31 @@ def worker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def fit_interruptibly(trainer: Any, poll_s: float = 0.5) -> Any:
+    """`trainer.fit()` in a thread of its own while the main thread waits on it, so that a
+    SIGINT or SIGTERM always reaches the stage as KeyboardInterrupt within `poll_s` (its clean-up
+    then shuts Ray down, which ends the fit). In the main thread, `fit` waits on its controller
+    inside Ray's C++ `ray.get`, where a terminal's Ctrl-C was seen to go unanswered, and installs
+    a SIGINT handler of its own that waits on the controller's abort, for ever if the controller
+    is stuck; off the main thread it installs none (as under Ray Tune). The fit's result is
+    returned, its exception raised here."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # re-raised in the stage's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll_s)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local: bool, store: RunStore, key: str) -> dict[str, Any]:
     """Fit with Ray Train's TorchTrainer and copy the final model to `out` (a staging path).
 
@@ -82,13 +108,8 @@ def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local:
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures, controller_failure_limit=0),
         ),
     )
-    # Ray's SIGINT handler waits on the controller's abort, for ever if the controller is stuck;
-    # the stage's own (KeyboardInterrupt, then Ray's shutdown) never hangs. No public setting
-    # turns Ray's off, so its private hook is replaced (tests/test_training_resume.py fails if
-    # Ray renames it).
-    trainer._register_sigint_handler = lambda controller: None
     try:
-        result = trainer.fit()
+        result = fit_interruptibly(trainer)
     except ray.train.TrainingFailedError as exc:
         if (bad_input := worker_error(exc)) is not None:
             store.remove(name)
