@@ -273,6 +273,13 @@ def test_a_pair_that_only_fails_to_decode_in_a_worker_is_the_same_one_line_error
 # --- signals: the stage ends with DVC, cleanly ------------------------------------------------
 
 
+def as_from_a_terminal() -> None:
+    """SIGINT's default action, as a command typed at a terminal gets it: a run of this suite
+    started in the background by a non-interactive shell (`pytest &`, `nohup`) ignores SIGINT,
+    and every child would inherit that (a Ctrl-C could not reach the stage at all)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_dvc_repro(repo: Path, log: Path) -> subprocess.Popen:
     """`dvc repro pretrain` of a RESUMABLE training in a session of its own (as a terminal runs
     it), once two checkpoints are written, the first registered (STEPS, EVERY). DVC runs the
@@ -282,8 +289,8 @@ def start_dvc_repro(repo: Path, log: Path) -> subprocess.Popen:
     git(repo, "add", "--all")
     git(repo, "commit", "--quiet", "-m", "training")
     proc = subprocess.Popen(
-        [str(DVC), "repro", "--single-item", "pretrain"], cwd=repo, env=stage_env(),
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [str(DVC), "repro", "--single-item", "pretrain"], cwd=repo, env=stage_env(), stdout=log.open("w"),
+        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_from_a_terminal,
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while log.read_text().count("Checkpoint successfully created") < 2:

@@ -177,10 +177,16 @@ def test_the_fit_runs_off_the_main_thread_and_its_result_or_error_comes_back():
 def test_a_signal_interrupts_the_stage_while_the_fit_waits():
     """SIGINT (a terminal's Ctrl-C) while the fit is blocked: KeyboardInterrupt in the main
     thread within the poll interval, the fit left to the stage's clean-up (Ray's shutdown)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's, even in a run started with SIGINT ignored (`pytest &`); restored by conftest
     stuck = Trainer("never")
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    release = threading.Timer(10, stuck.gate.set)  # a fit the signal did not interrupt ends, and the test fails
+    release.start()
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        fit_interruptibly(stuck, poll_s=0.1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_interruptibly(stuck, poll_s=0.1)
+    finally:
+        release.cancel()
+        stuck.gate.set()
     assert time.monotonic() - started < 3
-    stuck.gate.set()
