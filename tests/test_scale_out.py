@@ -13,10 +13,10 @@ is read by the tests of sections 1, 3 and 4. The test that removes a node replac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -126,23 +126,17 @@ class Cluster:
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:
-        """SIGTERM (`ray start --block` then stops the processes it started), and after a few
-        seconds SIGKILL to whatever of its process tree is left."""
+        """SIGKILL to the node's whole process tree (`ray start --block`, its GCS, raylet, agents
+        and workers): a test cluster keeps nothing worth a graceful stop, which takes seconds."""
         try:
-            tree = psutil.Process(proc.pid).children(recursive=True)
+            tree = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
         except psutil.NoSuchProcess:
             tree = []
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        for child in tree:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(tree, timeout=30)
+        proc.wait(timeout=30)
 
     def env(self) -> dict[str, str]:
         return stage_env() | {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
