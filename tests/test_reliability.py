@@ -322,7 +322,7 @@ def stage_process(tree: list[psutil.Process]) -> psutil.Process:
 def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo, tmp_path, how):
     """Mid-training (two checkpoints written), `dvc repro` is stopped: by SIGTERM to dvc alone
     (which dies at once and passes nothing on: the stage learns it through die_with_parent), or
-    by a terminal's Ctrl-C (SIGINT to the whole foreground group, the local Ray instance too).
+    by a terminal's Ctrl-C (SIGINT to the whole foreground group; Ray's processes block it).
     The stage ends with no output and no process left, its MLflow run KILLED, its checkpoints
     kept; after the SIGTERM, the same `dvc repro` resumes from the last checkpoint, in the same
     MLflow run, each step logged once, and deletes the checkpoints of a killed run of another
@@ -335,9 +335,8 @@ def test_an_interrupted_repro_leaves_no_process_no_output_and_a_killed_run(repo,
         os.killpg(proc.pid, signal.SIGINT)  # the terminal signals the whole foreground group
     else:
         proc.send_signal(signal.SIGTERM)  # dvc dies at once and passes nothing on
-    # Ctrl-C reaches the local Ray instance too; if it kills the GCS, Ray's shutdown and its
-    # excepthook would wait on it for ever: the stage bounds the one and drops the other
-    # (cluster.stop_ray), so even then all is gone in about 25 s on 2 busy cores
+    # the stage's clean-up shuts Ray down in at most 20 s, then stops what is left by PID
+    # (cluster.stop_ray): all is gone in about 25 s even on 2 busy cores
     assert wait_gone([stage, *tree], timeout=90) == []  # so no orphan is left to write outputs later
     proc.wait(timeout=30)
     assert_no_outputs(repo, "pretrain")
@@ -448,7 +447,7 @@ def test_a_full_disk_is_one_line_naming_the_output(tmp_path, capsys, monkeypatch
 
 
 def test_a_stuck_ray_shutdown_still_stops_the_local_instance_and_nothing_else(monkeypatch):
-    """After a terminal's Ctrl-C has killed the local GCS, Ray's shutdown can block for ever and
+    """Once the local GCS is gone (killed, out of memory), Ray's shutdown can block for ever and
     leave the dashboard and log monitor running: `stop_ray` gives it a bounded time, then stops
     the instance's processes by PID; the caller's other children are left alone."""
     import types

@@ -3,10 +3,10 @@ and keep the console free of what Ray prints that says nothing wrong about the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import contextlib
 import socket
 import sys
 import threading
@@ -136,9 +136,9 @@ def init_ray(env_vars: dict[str, str] | None = None, address: str | None = None)
         **kwargs,
     )
     interrupt_on_sigterm()  # ray.init installs its own handler (sys.exit)
-    # Ray's excepthook reports an uncaught exception to the GCS first: when a terminal's Ctrl-C
-    # has killed the local GCS too (the whole foreground group gets SIGINT), that call never
-    # returns and the stage hangs for ever. Python's own hook just prints.
+    # Ray's excepthook reports an uncaught exception to the GCS first: when the GCS is gone
+    # (killed, out of memory), that call never returns and the stage hangs for ever. Python's
+    # own hook just prints.
     sys.excepthook = sys.__excepthook__
     if not isinstance(sys.stderr, RayLineFilter):
         sys.stderr = RayLineFilter(sys.stderr)  # Ray's log thread looks sys.stderr up at each line
@@ -153,9 +153,9 @@ SHUTDOWN_TIMEOUT_S = 20.0  # Ray's own shutdown; then what is left of a local in
 def stop_ray(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
     """Disconnect from Ray, and stop a local instance for sure: `ray.shutdown()` in a thread,
     at most `timeout_s`; then every process this one started (the local instance's GCS,
-    raylet, dashboard, workers) is terminated by PID, killed after 3 s if it lingers. A
-    Ctrl-C reaches the local instance's processes too, and Ray's shutdown cannot stop the
-    dashboard or the log monitor once the GCS is gone: they would outlive the stage."""
+    raylet, dashboard, workers) is terminated by PID, killed after 3 s if it lingers. Once
+    the GCS is gone (killed, out of memory), Ray's shutdown can wait for ever and cannot stop
+    the dashboard or the log monitor: they would outlive the stage."""
     import ray
 
     children = [p for p in psutil.Process().children(recursive=True) if is_ray_process(p)]

@@ -48,11 +48,10 @@ def worker_error(exc: BaseException) -> BaseException | None:
 def fit_interruptibly(trainer: Any, poll_s: float = 0.5) -> Any:
     """`trainer.fit()` in a thread of its own while the main thread waits on it, so that a
     SIGINT or SIGTERM always reaches the stage as KeyboardInterrupt within `poll_s` (its clean-up
-    then shuts Ray down, which ends the fit). In the main thread, `fit` waits on its controller
-    inside Ray's C++ `ray.get`, where a terminal's Ctrl-C was seen to go unanswered, and installs
-    a SIGINT handler of its own that waits on the controller's abort, for ever if the controller
-    is stuck; off the main thread it installs none (as under Ray Tune). The fit's result is
-    returned, its exception raised here."""
+    then shuts Ray down, which ends the fit). In the main thread, `fit` installs a SIGINT
+    handler of its own that waits on the controller's abort, for ever if the controller is
+    stuck, and no public setting turns it off; off the main thread it installs none (as under
+    Ray Tune). The fit's result is returned, its exception raised here."""
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
