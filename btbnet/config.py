@@ -11,7 +11,9 @@ offending key, prefixed with where the mapping came from (`pretrain.optim.lr_new
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+import re
 import types
 import typing
 from collections.abc import Collection, Mapping
@@ -24,7 +26,37 @@ NORMS = ("none", "batch")
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message starts with the key."""
+    """An invalid setting: `key` (dotted, as the user wrote it) and what is wrong with it.
+
+    Reads "key: problem". Code that knows where a mapping came from re-keys the error with
+    `under(prefix)` rather than editing its text.
+    """
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(key, problem)  # both in args: the error survives pickling (Ray workers)
+        self.key, self.problem = key, problem
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+    @property
+    def field(self) -> str:
+        """The key's first part: the field of the config class that raised it ("scales[2]" → "scales")."""
+        return re.split(r"[.\[]", self.key, maxsplit=1)[0]
+
+    def under(self, prefix: str) -> "ConfigError":
+        """This error, of the same class, with `prefix` ("pretrain.optim.") before its key."""
+        return type(self)(f"{prefix}{self.key}", self.problem)
+
+
+class Choice(enum.StrEnum):
+    """A setting with a fixed set of values (a member equals its value: `Polarity.BLURRED ==
+    "blurred"`). Converting a bad value, `Polarity("white")`, is a ConfigError keyed by the
+    class name in lower case that lists the values; `from_mapping` re-keys it to the field."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> None:
+        raise ConfigError(cls.__name__.lower(), f"must be one of {[m.value for m in cls]}, got {value!r}")
 
 
 T = TypeVar("T")
@@ -34,11 +66,11 @@ def from_mapping(cls: type[T], d: Mapping[str, Any], prefix: str = "") -> T:
     """Dataclass `cls` from mapping `d`: unknown, missing and ill-typed keys raise ConfigError.
 
     Field types understood: bool, int, float (ints are accepted and converted), str (not
-    empty), Optional[...] (null), tuple[X, ...] (from a list), unions of those, and nested
-    dataclasses. `prefix` ("pretrain.optim.") is put before every key an error names.
+    empty), a `Choice` (from its value), Optional[...] (null), tuple[X, ...] (from a list),
+    unions of those, and nested dataclasses. `prefix` ("pretrain.optim.") is put before every key an error names.
     """
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {d!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     check_known(d, fields, prefix)
@@ -47,18 +79,18 @@ def from_mapping(cls: type[T], d: Mapping[str, Any], prefix: str = "") -> T:
         if name in d:
             values[name] = _coerce(hints[name], d[name], f"{prefix}{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}{name}: missing")
+            raise ConfigError(f"{prefix}{name}", "missing")
     try:
         return cls(**values)
     except ConfigError as exc:
-        raise ConfigError(f"{prefix}{exc}") from None
+        raise exc.under(prefix) from None
 
 
 def check_known(d: Mapping[str, Any], known: Collection[str], prefix: str = "") -> None:
     """ConfigError naming the first key of `d` that is not in `known`."""
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {sorted(known)})")
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (known: {sorted(known)})")
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -72,29 +104,34 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             try:
                 return _coerce(option, value, key)
             except ConfigError as exc:
-                errors.append(str(exc).removeprefix(f"{key}: "))
-        raise ConfigError(f"{key}: " + " or ".join(errors))
+                errors.append(exc.problem if exc.key == key else str(exc))
+        raise ConfigError(key, " or ".join(errors))
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(key, f"expected a list, got {value!r}")
         return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, f"{key}.")
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        try:
+            return tp(value)
+        except ConfigError as exc:
+            raise ConfigError(key, exc.problem) from None
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(key, f"expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+            raise ConfigError(key, f"expected a non-empty string, got {value!r}")
         return value
     raise TypeError(f"{key}: unsupported field type {tp}")
 
@@ -103,6 +140,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as plain data (tuples as lists): what `from_mapping` reads back."""
 
     def plain(v: Any) -> Any:
+        if isinstance(v, Choice):
+            return v.value
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -141,7 +180,7 @@ def check_number(key: str, value: Any, low: float, high: float | None = None, lo
     if not ok:
         lower = f"> {low:g}" if low_open else f">= {low:g}"
         bound = f"a number {lower}" + (f" and < {high:g}" if high is not None else "")
-        raise ConfigError(f"{key}: must be {bound}, got {value!r}")
+        raise ConfigError(key, f"must be {bound}, got {value!r}")
 
 
 def check_int(key: str, value: Any, low: int, allow_none: bool = False) -> None:
@@ -150,7 +189,7 @@ def check_int(key: str, value: Any, low: int, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         suffix = " or null" if allow_none else ""
-        raise ConfigError(f"{key}: must be an integer >= {low}{suffix}, got {value!r}")
+        raise ConfigError(key, f"must be an integer >= {low}{suffix}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -182,17 +221,17 @@ class BTBNetConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(self.scales))
         if self.variant not in VARIANTS:
-            raise ConfigError(f"variant: must be one of {VARIANTS}, got {self.variant!r}")
+            raise ConfigError("variant", f"must be one of {VARIANTS}, got {self.variant!r}")
         check_number("width", self.width, 0.0, low_open=True)
         if len(self.scales) == 0:
-            raise ConfigError("scales: must list at least one scale, got an empty list")
+            raise ConfigError("scales", "must list at least one scale, got an empty list")
         for s in self.scales:
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0 < s <= 1):
-                raise ConfigError(f"scales: every scale must be in (0, 1], got {s!r} in {list(self.scales)}")
+                raise ConfigError("scales", f"every scale must be in (0, 1], got {s!r} in {list(self.scales)}")
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         check_int("rrnet_steps", self.rrnet_steps, 0)
         if self.norm not in NORMS:
-            raise ConfigError(f"norm: must be one of {NORMS}, got {self.norm!r}")
+            raise ConfigError("norm", f"must be one of {NORMS}, got {self.norm!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -39,12 +39,11 @@ from PIL import Image, ImageOps
 
 from .augment import NUM_AUGMENTATIONS
 from .augment import augment as augment_pair
-from .config import ConfigError, check_int
+from .config import Choice, ConfigError, check_int
 from .images import check_image, fit_within, resize
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # any case
 ORIENTATION = 0x0112  # the EXIF tag; values 5…8 swap width and height
-POLARITIES: tuple[str, ...] = ("blurred", "in_focus")  # what white (255) means in the mask files
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 MASK_THRESHOLD = 128  # luminance >= 128 is white
 
@@ -69,17 +68,26 @@ def load_rgb(path: str | Path, content: bytes | None = None) -> np.ndarray:
         return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
-def load_mask(path: str | Path, polarity: str) -> np.ndarray:
+class Polarity(Choice):
+    """What white (255) means in a data set's mask files (the masks this library returns are
+    always 255 = in focus): Shi's set marks the blurred region; the synthesize stage and DUT's
+    original release mark the sharp one. `Polarity("white")` is a ConfigError."""
+
+    BLURRED = "blurred"
+    IN_FOCUS = "in_focus"
+
+
+def load_mask(path: str | Path, polarity: Polarity | str) -> np.ndarray:
     """The mask at `path`, [H, W] uint8 in {0, 255} with 255 = in focus.
 
     Colour masks are reduced to luminance (ITU-R 601, as PIL's "L"), then thresholded at 128;
-    `polarity` ("blurred" or "in_focus") says what white means in the file.
+    `polarity` says what white means in the file.
     """
-    check_polarity(polarity)
+    polarity = Polarity(polarity)  # a Polarity passes as it is; a bad string is a ConfigError
     rgb = load_rgb(path).astype(np.int32)  # [H, W, 3]
     luminance_x1000 = 299 * rgb[:, :, 0] + 587 * rgb[:, :, 1] + 114 * rgb[:, :, 2]  # exact integers
     white = luminance_x1000 >= MASK_THRESHOLD * 1000  # [H, W] bool
-    in_focus = white if polarity == "in_focus" else ~white
+    in_focus = white if polarity is Polarity.IN_FOCUS else ~white
     return np.where(in_focus, 255, 0).astype(np.uint8)
 
 
@@ -152,7 +160,7 @@ def check_same_size(image_path: Path, size: tuple[int, int], mask_path: Path, ma
         raise DataError(f"{image_path}: image is {w}×{h} (W×H) but its mask {mask_path} is {mw}×{mh}")
 
 
-def load_pair(image_path: str | Path, mask_path: str | Path, polarity: str) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(image_path: str | Path, mask_path: str | Path, polarity: Polarity | str) -> tuple[np.ndarray, np.ndarray]:
     """(image [H, W, 3] uint8, mask [H, W] uint8 {0, 255}, 255 = in focus) of one pair."""
     image, mask = load_rgb(image_path), load_mask(mask_path, polarity)
     check_same_size(image_path, image.shape[1::-1], mask_path, mask.shape[::-1])
@@ -198,14 +206,14 @@ class InputConfig:
         check_int("crop_size", self.crop_size, 8, allow_none=True)
         check_int("image_size", self.image_size, 8, allow_none=True)
         if self.crop_size is not None and self.image_size is not None:
-            raise ConfigError("crop_size: set crop_size or image_size, not both")
+            raise ConfigError("crop_size", "set crop_size or image_size, not both")
 
     @property
     def fixed_size(self) -> bool:
         """Whether every item has the same size (so that items batch together)."""
         return self.crop_size is not None or self.image_size is not None
 
-    def dataset(self, root: str | Path, polarity: str, exclude: Collection[str] = (), seed: int = 0) -> "PairDataset":
+    def dataset(self, root: str | Path, polarity: Polarity | str, exclude: Collection[str] = (), seed: int = 0) -> "PairDataset":
         return PairDataset(root, polarity, self, exclude=exclude, seed=seed)
 
 
@@ -256,16 +264,15 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         root: str | Path,
-        polarity: str,
+        polarity: Polarity | str,
         input: InputConfig = InputConfig(augment=False),
         exclude: Collection[str] = (),
         seed: int = 0,
         image_dir: str = "image",
         mask_dir: str = "gt",
     ):
-        check_polarity(polarity)
         self.root = Path(root)
-        self.polarity = polarity
+        self.polarity = Polarity(polarity)  # a bad one fails here, not at the first item
         self.input = input  # checked when it was built: InputConfig.__post_init__
         self.size, self.augment, self.max_size, self.crop_size = input.image_size, input.augment, input.max_size, input.crop_size
         self.seed = seed
@@ -372,7 +379,3 @@ def _by_stem(paths: list[Path]) -> dict[str, Path]:
     return by_stem
 
 
-def check_polarity(polarity: str) -> None:
-    """ConfigError (a ValueError) unless `polarity` is one of POLARITIES."""
-    if polarity not in POLARITIES:
-        raise ConfigError(f"polarity: must be one of {POLARITIES}, got {polarity!r}")

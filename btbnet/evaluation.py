@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import check_polarity, find_pairs, load_pair, pairs_by_stem
+from .data import Polarity, find_pairs, load_pair, pairs_by_stem
 from .metrics import PROTOCOLS, SetMetrics
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -30,12 +30,9 @@ class TestSet:
 
     name: str
     folder: str
-    polarity: str = "blurred"
+    polarity: Polarity = Polarity.BLURRED
     stems: str | None = None
     optional: bool = False
-
-    def __post_init__(self) -> None:
-        check_polarity(self.polarity)
 
 
 @dataclass
@@ -56,7 +53,7 @@ def as_probability(focus_map: np.ndarray) -> np.ndarray:
 def evaluate(
     predictors: Mapping[str, Predictor],
     folder: str | Path,
-    polarity: str,
+    polarity: Polarity | str,
     examples: int = 0,
     desc: str = "evaluate",
     progress: bool = True,

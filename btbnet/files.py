@@ -24,7 +24,8 @@ from .data import DataError, image_size, list_images, load_rgb
 from .images import fit_within
 from .io import save_png
 from .overlay import overlay
-from .predict import MAX_PIXELS, check_budget, predict_maps
+from .config import check_int
+from .predict import MAX_PIXELS, check_budget, check_limits, predict_maps
 from .speed import SpeedConfig
 
 # Threads that decode images and encode PNGs while the model runs (PIL and zlib release the GIL).
@@ -119,6 +120,7 @@ def plan_jobs(
     naming both, an output folder that is a file or cannot be written raises ValueError naming
     it (`writable_folder`), and an image the model would see at more than `max_pixels` pixels
     (see `predict_map`; read from its header) raises `OverBudget` naming it."""
+    check_limits(max_size, max_pixels)
     jobs = [Job(*job) for job in plan_outputs(expand_inputs(inputs), Path(out_dir), overlay)]
     writable_folder(out_dir)
     for job in jobs:
@@ -143,8 +145,7 @@ def predict_jobs(
     one batch, IO_THREADS threads decode the next one and encode the previous one's PNGs. An
     unreadable image is a `Done` with its `error` (the rest go on); the caller decides.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     model = getattr(model, "module", model)  # DistributedDataParallel's model (a compiled one stays compiled)
     batches = plan_batches([header_size(job.source) for job in jobs], max_size, max_pixels, batch_size)
     with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="btbnet-io") as pool:

@@ -41,7 +41,7 @@ def load_backbones(model: MultiStreamBTBNet, source: str | Path) -> None:
         state = efficientnet_lite0_to_btbnet(load_lite0_state_dict(source), num_streams)
     else:
         if model.config.norm != "none":
-            raise ConfigError(f"norm: torchvision's VGG16 weights have no BatchNorm; use norm none with them, got {model.config.norm!r}")
+            raise ConfigError("norm", f"torchvision's VGG16 weights have no BatchNorm; use norm none with them, got {model.config.norm!r}")
         state = vgg16_to_btbnet(load_vgg16_state_dict(source), num_streams)
     check_shapes(model, state, source=str(source))
     model.load_state_dict(state, strict=False)

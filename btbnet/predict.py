@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError
+from .config import ConfigError, check_int
 from .data import to_tensor
 from .images import check_image, fit_within
 from .model import Prediction, eval_mode
@@ -85,7 +85,7 @@ class TestTimeViews(nn.Module):
 def check_views(views: str, key: str = "views") -> str:
     """`views` if it names VIEWS, else a ConfigError (a ValueError) naming `key` and the choices."""
     if views not in VIEWS:
-        raise ConfigError(f"{key}: must be one of {sorted(VIEWS)}, got {views!r}")
+        raise ConfigError(key, f"must be one of {sorted(VIEWS)}, got {views!r}")
     return views
 
 
@@ -110,15 +110,20 @@ class OverBudget(ValueError):
         return f"{self.problem}; use {downscale} to downscale, or {more} to raise the budget"
 
 
+def check_limits(max_size: int | None, max_pixels: int | None) -> None:
+    """ConfigError (a ValueError) naming `max_size` or `max_pixels` unless each is an integer
+    >= 1 or None: checked once by the public entries (`predict_maps`, `btbnet.files.plan_jobs`)."""
+    check_int("max_size", max_size, 1, allow_none=True)
+    check_int("max_pixels", max_pixels, 1, allow_none=True)
+
+
 def check_budget(
     size: tuple[int, int], max_size: int | None, max_pixels: int | None, what: str = "image", count: int = 1
 ) -> tuple[int, int]:
     """The (h, w) the model sees for an image of `size` = (H, W) under `max_size` (see
     `fit_within`); `OverBudget` naming `what` if `count` such images (a batch) are more than
-    `max_pixels` pixels for it (None: no limit)."""
-    for name, value in (("max_size", max_size), ("max_pixels", max_pixels)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}: must be a positive integer or None, got {value!r}")
+    `max_pixels` pixels for it (None: no limit). The limits are the caller's, already checked
+    (`check_limits`)."""
     seen = fit_within(size, max_size)
     pixels = count * seen[0] * seen[1]
     if max_pixels is None or pixels <= max_pixels:
@@ -173,6 +178,7 @@ def predict_maps(
     speed: precision and layout of the forward pass (`btbnet.speed`; the model already
     `speed.prepare`d); the probabilities are fp32 whatever the precision.
     """
+    check_limits(max_size, max_pixels)
     if not images:
         return []
     for image in images:

@@ -40,7 +40,7 @@ class SpeedConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision: must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError("precision", f"must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
 
     @contextlib.contextmanager
     def autocast(self, device: str | torch.device) -> Iterator[None]:

@@ -75,22 +75,22 @@ class OptimConfig:
         if isinstance(self.aux_weight, (list, tuple)):
             object.__setattr__(self, "aux_weight", tuple(self.aux_weight))
             if not self.aux_weight:
-                raise ConfigError("aux_weight: must be a number or a non-empty list of numbers, got []")
+                raise ConfigError("aux_weight", "must be a number or a non-empty list of numbers, got []")
             for a in self.aux_weight:
                 check_number("aux_weight", a, low=0.0)
         else:
             check_number("aux_weight", self.aux_weight, low=0.0)
         check_number("iou_weight", self.iou_weight, low=0.0)
         if self.loss_reduction not in REDUCTIONS:
-            raise ConfigError(f"loss_reduction: must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
+            raise ConfigError("loss_reduction", f"must be one of {REDUCTIONS}, got {self.loss_reduction!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer: must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ConfigError("optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
         check_int("warmup_steps", self.warmup_steps, 0)
         check_number("min_lr_ratio", self.min_lr_ratio, 0.0)
         if self.min_lr_ratio > 1:
-            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio!r}")
+            raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.clip_grad_norm is not None:
             check_number("clip_grad_norm", self.clip_grad_norm, 0.0, low_open=True)
 

@@ -35,10 +35,10 @@ class BaselinesConfig:
 
     def __post_init__(self) -> None:
         if not self.methods:
-            raise ConfigError("methods: must list at least one method")
+            raise ConfigError("methods", "must list at least one method")
         for i, method in enumerate(self.methods):
             if method not in BASELINES:
-                raise ConfigError(f"methods[{i}]: {method!r} is not one of {sorted(BASELINES)}")
+                raise ConfigError(f"methods[{i}]", f"{method!r} is not one of {sorted(BASELINES)}")
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class EvaluateConfig:
         check_views(self.tta, "tta")
         check_int("examples", self.examples, 0)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError("device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from btbnet.checkpoint import read_config
-from btbnet.data import check_polarity, read_stems
+from btbnet.data import Polarity, read_stems
 
 from .runtime import stage
 from .runtime.params import Params, resolve, resolve_data
@@ -32,20 +32,15 @@ class FinetuneConfig:
     model: str
     metrics: str
     plots: str
-    polarity: str = "blurred"
+    polarity: Polarity = Polarity.BLURRED
     exclude: str | None = None
-
-    def __post_init__(self) -> None:
-        check_polarity(self.polarity)
 
 
 def configure(params: Params) -> StageSpec:
     own = params.build(FinetuneConfig, NAME, drop=BLOCKS)
     init = resolve(params["pretrain"]["model"])
     return stage_spec(
-        params,
-        NAME,
-        own,
+        params, NAME, own,
         data=resolve_data(own.data),
         polarity=own.polarity,
         model=read_config(init),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from btbnet.config import BTBNetConfig, ConfigError, from_mapping
+from btbnet.data import Polarity
 
 from .runtime import stage
 from .runtime.params import Params, ParamsError, is_uri, resolve
@@ -35,11 +36,9 @@ class PretrainConfig:
 def configure(params: Params) -> StageSpec:
     own = params.build(PretrainConfig, NAME, drop=BLOCKS)
     return stage_spec(
-        params,
-        NAME,
-        own,
+        params, NAME, own,
         data=resolve(params["synthesize"]["out_dir"]),
-        polarity="in_focus",  # the synthesize stage writes 255 = in focus
+        polarity=Polarity.IN_FOCUS,  # the synthesize stage writes 255 = in focus
         model=model_config(params),
         backbone_weights=weights_source(own.backbone_weights),
     )
@@ -53,14 +52,21 @@ def weights_source(source: str | None) -> str | None:
     return str(resolve(source))
 
 
+TOP_LEVEL = ("scales", "rrnet_steps")  # model settings kept at params.yaml's top: `dvc exp run -S scales=[1,0.8]`
+
+
 def model_config(params: Params) -> BTBNetConfig:
-    """`BTBNetConfig` from the `model` section and the top-level `scales` and `rrnet_steps`."""
-    values = {**params["model"], "scales": params["scales"], "rrnet_steps": params["rrnet_steps"]}
+    """`BTBNetConfig` from the `model` section and the top-level `scales` and `rrnet_steps`;
+    an error names the key where params.yaml holds it."""
+    model = params.section("model")
+    for key in TOP_LEVEL:
+        if key in model:
+            raise ParamsError(f"model.{key}", f"set {key} at the top level of params.yaml, not under model")
+    values = {**model, **{key: params[key] for key in TOP_LEVEL}}
     try:
         return from_mapping(BTBNetConfig, values)
     except ConfigError as exc:
-        top_level = str(exc).startswith(("scales", "rrnet_steps"))
-        raise ParamsError(("" if top_level else "model.") + str(exc)) from None
+        raise ParamsError(exc.key if exc.field in TOP_LEVEL else f"model.{exc.key}", exc.problem) from None
 
 
 if __name__ == "__main__":

@@ -52,9 +52,9 @@ class SynthesizeConfig:
 
     def __post_init__(self) -> None:
         if not self.sources:
-            raise ParamsError("sources: must list at least one folder")
+            raise ParamsError("sources", "must list at least one folder")
         if self.mode not in MODES:
-            raise ParamsError(f"mode: must be one of {MODES}, got {self.mode!r}")
+            raise ParamsError("mode", f"must be one of {MODES}, got {self.mode!r}")
         check_int("seed", self.seed, 0)
         check_int("max_size", self.max_size, 8, allow_none=True)
         check_int("blocks_per_cpu", self.blocks_per_cpu, 1)

@@ -11,7 +11,7 @@ from PIL import Image
 from btbnet.augment import augment
 from btbnet.data import (
     IMAGE_EXTENSIONS,
-    POLARITIES,
+    Polarity,
     DataError,
     InputConfig,
     PairDataset,
@@ -151,11 +151,11 @@ def test_truncated_png_raises_naming_the_file(tmp_path):
 def test_mask_polarities(tmp_path):
     white_blurred = np.array([[255, 0], [0, 255]], dtype=np.uint8)
     path = save(white_blurred, tmp_path / "m.png")
-    assert POLARITIES == ("blurred", "in_focus")
     blurred = load_mask(path, "blurred")
     assert blurred.dtype == np.uint8 and blurred.shape == (2, 2)
     np.testing.assert_array_equal(blurred, [[0, 255], [255, 0]])
     np.testing.assert_array_equal(load_mask(path, "in_focus"), white_blurred)
+    np.testing.assert_array_equal(load_mask(path, Polarity.BLURRED), blurred)  # the typed form reads the same
 
 
 def test_mask_thresholds_luminance_at_128(tmp_path):
@@ -176,7 +176,7 @@ def test_mask_modes_1_and_16_bit(tmp_path):
 
 def test_bad_polarity_names_the_key(tmp_path):
     path = save(np.zeros((2, 2), np.uint8), tmp_path / "m.png")
-    with pytest.raises(ValueError, match="polarity"):
+    with pytest.raises(ValueError, match=r"^polarity: must be one of \['blurred', 'in_focus'\], got 'white'$"):
         load_mask(path, "white")
 
 
@@ -312,8 +312,9 @@ def test_pair_dataset_index_bounds(tmp_path):
 
 def test_pair_dataset_validates_at_construction(tmp_path):
     make_dataset(tmp_path, [(8, 8)])
-    with pytest.raises(ValueError, match="polarity"):
+    with pytest.raises(ValueError, match="^polarity: must be one of"):
         PairDataset(tmp_path, "white", InputConfig(image_size=8, augment=False))
+    assert PairDataset(tmp_path, "in_focus", InputConfig(image_size=8, augment=False)).polarity is Polarity.IN_FOCUS
     with pytest.raises(ValueError, match="size"):
         PairDataset(tmp_path, "blurred", InputConfig(image_size=0, augment=False))
     save(np.zeros((8, 8, 3), np.uint8), tmp_path / "image" / "no_mask.png")

@@ -13,7 +13,7 @@ from PIL import Image
 from btbnet import BTBNetConfig, build_model
 from btbnet.data import DataError
 from btbnet import files
-from btbnet.files import Job, plan_batches, predict_jobs, predict_paths
+from btbnet.files import Job, plan_batches, plan_jobs, predict_jobs, predict_paths
 from btbnet.overlay import overlay
 from btbnet.predict import OverBudget, check_budget, predict_map
 from tests.test_predict import random_image, save_image
@@ -139,8 +139,15 @@ def test_plan_batches_groups_by_the_size_the_model_sees():
     assert plan_batches(sizes, 20, None, 3) == [[0, 1, 3], [2], [4], [5]]  # 20×40 is 10×20 at max_size 20
     assert plan_batches(sizes, 20, 400, 3) == [[0, 1], [2], [3, 5], [4]]  # two 10×20 fit 400 pixels
     assert plan_batches(sizes, None, None, 1) == [[i] for i in range(6)]  # batch 1: input order
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match=r"^batch_size: must be an integer >= 1, got 0$"):
         next(predict_jobs(None, [], batch_size=0))
+
+
+def test_bad_limits_fail_before_any_input_is_read_or_folder_made(tmp_path):
+    for max_size, max_pixels, key in ((0, None, "max_size"), (None, 2.5, "max_pixels")):
+        with pytest.raises(ValueError, match=f"^{key}: must be an integer >= 1 or null"):
+            plan_jobs([tmp_path / "missing.jpg"], tmp_path / "maps", False, max_size, max_pixels)
+    assert not (tmp_path / "maps").exists()
 
 
 def test_a_bad_image_is_an_error_for_that_job_only(model, tmp_path):

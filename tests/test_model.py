@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from btbnet import BTBNetConfig, ConfigError, Prediction, build_model
+from btbnet.config import from_mapping
 from btbnet.summary import count_macs, count_parameters, summarize
 
 VARIANTS = ("paper", "fast", "efficientnet-lite0")
@@ -238,7 +240,17 @@ def test_default_model_is_the_papers() -> None:
 def test_config_errors_start_with_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         BTBNetConfig(**kwargs)
-    assert str(err.value).startswith(f"{key}:")
+    assert err.value.key == key and str(err.value).startswith(f"{key}: ")
+
+
+def test_a_config_error_keeps_its_key_through_prefixes_and_pickling() -> None:
+    """Callers re-key an error by its fields, never by its text; Ray ships it from workers by pickle."""
+    with pytest.raises(ConfigError) as err:
+        from_mapping(BTBNetConfig, {"scales": [1, "big"]}, prefix="model.")
+    assert (err.value.key, err.value.field) == ("model.scales[1]", "model")
+    assert err.value.problem == "expected a number, got 'big'"
+    moved = pickle.loads(pickle.dumps(err.value.under("pretrain.")))
+    assert type(moved) is ConfigError and str(moved) == "pretrain.model.scales[1]: expected a number, got 'big'"
 
 
 def test_config_dict_round_trip_and_unknown_keys() -> None:

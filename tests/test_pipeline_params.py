@@ -131,6 +131,8 @@ INVALID = {
     "zero scale": ({"scales": [1, 0]}, "pretrain", "scales: "),
     "scale above one": ({"scales": [1.5]}, "pretrain", "scales: "),
     "scales not a list": ({"scales": 1}, "pretrain", "scales: "),
+    "scale not a number": ({"scales": [1, "x"]}, "pretrain", "scales[1]: "),
+    "scales under model": ({"model": {"scales": [1]}}, "pretrain", "model.scales: set scales at the top level"),
     "negative rrnet_steps": ({"rrnet_steps": -1}, "pretrain", "rrnet_steps: "),
     "fractional rrnet_steps": ({"rrnet_steps": 1.5}, "pretrain", "rrnet_steps: "),
     "unknown stage key": ({"pretrain": {"learning_rate": 0.1}}, "pretrain", "pretrain.learning_rate: "),
@@ -175,7 +177,7 @@ def test_invalid_entry_is_named_by_the_stage_that_reads_it(tmp_path, real_params
     path = write(tmp_path, params, pretrained)
     with pytest.raises(ConfigError) as info:
         configure(stage, path)
-    assert str(info.value).startswith(key)
+    assert str(info.value).startswith(key) and info.value.key == key.split(": ")[0]
 
 
 def test_a_bad_section_stops_only_the_stages_that_read_it(tmp_path, real_params, pretrained):

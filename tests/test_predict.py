@@ -96,7 +96,7 @@ def test_an_image_over_the_budget_is_refused_before_the_model_runs(model):
     finally:
         handle.remove()
     assert seen == [(1, 3, 25, 38), (1, 3, 40, 60), (1, 3, 40, 60)]
-    with pytest.raises(ValueError, match="max_pixels"):
+    with pytest.raises(ValueError, match=r"^max_pixels: must be an integer >= 1 or null, got 0$"):
         predict_map(model, image, max_pixels=0)
 
 
@@ -133,8 +133,10 @@ def test_predict_map_rejects_bad_input(model):
         predict_map(model, np.zeros((8, 8), dtype=np.uint8))
     with pytest.raises(ValueError, match="image"):
         predict_map(model, np.zeros((8, 8, 3), dtype=np.float32))
-    with pytest.raises(ValueError, match="max_size"):
+    with pytest.raises(ValueError, match=r"^max_size: must be an integer >= 1 or null, got 0$"):
         predict_map(model, random_image(8, 8), max_size=0)
+    with pytest.raises(ValueError, match=r"^max_size: must be an integer >= 1 or null, got True$"):
+        predict_map(model, random_image(8, 8), max_size=True)
 
 
 def test_predict_maps_matches_predict_map_and_counts_the_batch_in_the_budget(model):

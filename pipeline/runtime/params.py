@@ -46,7 +46,7 @@ class Params(Mapping[str, Any]):
     def __getitem__(self, name: str) -> Any:
         key = self._child(name)
         if name not in self._data:
-            raise ParamsError(f"{key}: missing")
+            raise ParamsError(key, "missing")
         value = self._data[name]
         if isinstance(value, Mapping):
             return Params(value, key, self.accessed)  # recorded when read (iterated) as a whole
@@ -72,7 +72,7 @@ class Params(Mapping[str, Any]):
         """The section `name`; ParamsError naming it if it is not a mapping."""
         section = self[name]
         if not isinstance(section, Params):
-            raise ParamsError(f"{self._child(name)}: expected a mapping, got {section!r}")
+            raise ParamsError(self._child(name), f"expected a mapping, got {section!r}")
         return section
 
     def build(self, cls: type[T], name: str, drop: Collection[str] = ()) -> T:
@@ -88,11 +88,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
+        raise ParamsError(str(path), "params file not found") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+        raise ParamsError(str(path), f"not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping at the top level")
+        raise ParamsError(str(path), "expected a mapping at the top level")
     return Params(raw)
 
 

@@ -83,7 +83,7 @@ def check_outputs(outputs: Sequence[Path]) -> None:
     root = params_lib.REPO_ROOT.resolve()
     for path in outputs:
         if not Path(path).resolve().is_relative_to(root):
-            raise ConfigError(f"{path}: an output outside the repo ({root}); DVC tracks and caches outputs inside it only")
+            raise ConfigError(str(path), f"an output outside the repo ({root}); DVC tracks and caches outputs inside it only")
 
 
 TRACKING_TIMEOUT_S = 5.0

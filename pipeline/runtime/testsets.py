@@ -22,11 +22,11 @@ class TestSets:
 
     def __post_init__(self) -> None:
         if not self.test_sets:
-            raise ConfigError("test_sets: must list at least one test set")
+            raise ConfigError("test_sets", "must list at least one test set")
         names = [t.name for t in self.test_sets]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise ConfigError(f"test_sets[{i}].name: {name!r} is already used by test_sets[{names.index(name)}]")
+                raise ConfigError(f"test_sets[{i}].name", f"{name!r} is already used by test_sets[{names.index(name)}]")
 
     def present(self) -> list[tuple[TestSet, Path, list[str] | None]]:
         """(set, its folder, its stems or None) of every set there is; an absent optional set

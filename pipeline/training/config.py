@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from btbnet.config import BTBNetConfig, ConfigError, check_int, check_known, check_number, deep_merge, from_mapping
-from btbnet.data import InputConfig, PairDataset
+from btbnet.data import InputConfig, PairDataset, Polarity
 from btbnet.speed import SpeedConfig
 from btbnet.train import LoopConfig, OptimConfig
 
@@ -67,7 +67,7 @@ class RayConfig:
         check_int("checkpoint_every_steps", self.checkpoint_every_steps, 1, allow_none=True)
         check_int("max_failures", self.max_failures, 0)
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
-            raise ConfigError(f"placement_strategy: must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}")
+            raise ConfigError("placement_strategy", f"must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}")
 
     def describe(self) -> str:
         return f"{self.num_workers} workers × ({self.cpus_per_worker:g} CPU{' + 1 GPU' if self.use_gpu else ''})"
@@ -96,10 +96,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.loop.batch_size % self.ray.num_workers:
             raise ConfigError(
-                f"loop.batch_size: {self.loop.batch_size} is not divisible by ray.num_workers={self.ray.num_workers}"
+                "loop.batch_size", f"{self.loop.batch_size} is not divisible by ray.num_workers={self.ray.num_workers}"
             )
         if not self.input.fixed_size and self.loop.batch_size != self.ray.num_workers:
-            raise ConfigError("input.image_size: null with no crop_size (native sizes) needs loop.batch_size 1 per worker")
+            raise ConfigError("input.image_size", "null with no crop_size (native sizes) needs loop.batch_size 1 per worker")
 
 
 BLOCKS: dict[str, type] = typing.get_type_hints(TrainConfig)  # block name → its config class
@@ -116,7 +116,7 @@ def train_config(params: Params, name: str) -> TrainConfig:
     try:
         return TrainConfig(**built)
     except ConfigError as exc:
-        raise ParamsError(f"{name}.{exc}") from None
+        raise ParamsError(f"{name}.{exc.key}", exc.problem) from None
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class StageSpec:
 
     name: str
     data: str | Path  # image/ + gt/: a local folder or a URI (`store.local_folder`)
-    polarity: str  # what white means in data's masks
+    polarity: Polarity  # what white means in data's masks
     out: Path  # the final checkpoint
     metrics: Path
     plots: Path  # DVC plots: steps.csv, epochs.csv, losses.png (`reporting.write_loss_plots`)

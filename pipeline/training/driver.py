@@ -25,7 +25,8 @@ def check_init(spec: StageSpec) -> None:
         try:
             build_model(spec.model, backbone_weights=spec.backbone_weights)
         except (ConfigError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
-            raise ParamsError(f"{spec.name}.backbone_weights: {exc.args[0] if exc.args else exc}") from None
+            detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str quotes
+            raise ParamsError(f"{spec.name}.backbone_weights", detail) from None
 
 
 def train_stage(spec: StageSpec) -> None:

@@ -27,7 +27,8 @@ def wait_for_workers(r: RayConfig, nodes: Callable[[], list[dict[str, Any]]], ti
             alive = [n.get("Resources", {}) for n in listed if n.get("Alive")]
             have = ", ".join(f"{res.get('CPU', 0):g} CPU + {res.get('GPU', 0):g} GPU" for res in alive) or "no nodes"
             raise ConfigError(
-                f"train.ray: {r.describe()} do not fit the Ray cluster (nodes: {have}; room for {room}"
+                "train.ray",
+                f"{r.describe()} do not fit the Ray cluster (nodes: {have}; room for {room}"
                 f"{f' after waiting {timeout_s:g} s' if timeout_s else ''}); lower ray.num_workers or "
                 "ray.cpus_per_worker, or add nodes"
             )
@@ -115,7 +116,7 @@ def run_training(spec: StageSpec, mlflow_run: tuple[str, str], out: Path, local:
             raise bad_input from None
         startup = getattr(exc, "controller_failure", None)
         if startup is not None and "Timeout" in type(startup).__name__:
-            raise ConfigError(f"train.ray: {r.describe()} did not start within ray.start_timeout_s={r.start_timeout_s:g} s ({startup})") from None
+            raise ConfigError("train.ray", f"{r.describe()} did not start within ray.start_timeout_s={r.start_timeout_s:g} s ({startup})") from None
         raise
     with result.checkpoint.as_directory() as d:
         shutil.copyfile(Path(d) / "model.pt", out)
