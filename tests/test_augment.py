@@ -25,8 +25,11 @@ def blob_mask(h: int, w: int) -> np.ndarray:
     return np.where(disc | bar, 255, 0).astype(np.uint8)
 
 
-def test_sixteen_versions():
-    assert NUM_AUGMENTATIONS == 16
+def test_sixteen_distinct_versions():
+    """Section 4.1: 8 orientations × flip give 16 different pairs of an asymmetric image (index 16 is refused)."""
+    image, mask = noise_pair(21, 21)
+    versions = {augment(image, mask, i)[0].tobytes() for i in range(16)}
+    assert len(versions) == 16 == NUM_AUGMENTATIONS
 
 
 def test_index_0_is_identity_and_index_1_is_a_pure_flip():

@@ -101,7 +101,9 @@ def test_an_image_over_the_budget_is_refused_before_the_model_runs(model):
 
 
 def test_the_default_budget_refuses_a_large_photo_at_native_size():
-    assert MAX_PIXELS == 4_000_000
+    assert check_budget((2000, 2000), None, MAX_PIXELS) == (2000, 2000)  # the documented 4-megapixel budget
+    with pytest.raises(OverBudget):
+        check_budget((2000, 2001), None, MAX_PIXELS)
     with pytest.raises(OverBudget, match="8000×6000 px is 48,000,000 pixels.* max_size=2309 .* max_pixels=48000000 "):
         check_budget((6000, 8000), None, MAX_PIXELS)
     assert check_budget((6000, 8000), 2309, MAX_PIXELS) == (1732, 2309)
