@@ -96,6 +96,26 @@ def test_repro_runs_every_stage(repro):
     assert ran(repro.stdout) == set(STAGES)
 
 
+SILENCED = (  # docs/reliability.md, "Console output": each pattern a line the stages keep off the console
+    "Traceback (most recent call last)",
+    "Token authentication is enabled",  # Ray's notice at each local start (a logger of its _private package)
+    "system metrics",  # MLflow's INFO lines on system-metrics sampling
+    "can be interpreted in multiple ways",  # MLflow's dataset-source warning
+    "PreemptionWatcher",  # Ray's error-level line at every worker-group start (RayLineFilter)
+    "Failed to send resource request",
+    "Timed out while waiting for GCS",
+)
+
+
+def test_a_clean_repro_prints_no_traceback_error_line_or_silenced_notice(repro):
+    output = repro.stdout + repro.stderr
+    assert "Ray dashboard: http://" in output and re.search(r"pretrain: step \d+/\d+ \(epoch \d+/\d+\)", output)
+    for pattern in SILENCED:
+        assert pattern.lower() not in output.lower(), pattern
+    glog_errors = [line for line in output.splitlines() if re.search(r"(^|\s)[EF]\d{4} \d\d:\d\d:\d\d", line)]
+    assert glog_errors == []
+
+
 def test_synthetic_set_has_20_samples_per_source(repo, params, repro):
     s = params["synthesize"]
     sources = sum(len(list_images(repo / s["source_root"] / folder)) for folder in s["sources"])

@@ -44,6 +44,7 @@ from btbnet.predict import DEFAULT_TTA, MAX_PIXELS, OverBudget, check_views, wit
 from btbnet.pretrained import DEFAULT, load_model
 
 from ..runtime import cluster, stage
+from ..runtime.process import skip_final_collection
 
 NAME = "batch_predict"
 EXIT_USAGE = 2
@@ -237,4 +238,5 @@ def fail(message: str) -> int:
 
 
 if __name__ == "__main__":
+    skip_final_collection()
     sys.exit(main())

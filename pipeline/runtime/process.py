@@ -6,12 +6,16 @@ so that `python -m pipeline.<stage>` arms it before any heavy import (`pipeline/
   where a new `dvc repro` would cache them half-made.
 - `interrupt_on_sigterm`: SIGTERM raises KeyboardInterrupt, as SIGINT does, so one clean-up
   path (staging files removed, MLflow run KILLED, Ray shut down) serves both.
+- `skip_final_collection`: the process ends without the garbage collector's last walk over
+  every object torch, Ray and MLflow made.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -30,6 +34,18 @@ def interruption(exc: BaseException) -> str | None:
     if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
         return "SIGTERM"
     return None
+
+
+def skip_final_collection() -> None:
+    """At exit, after the atexit handlers registered before this one (Ray's shutdown, MLflow's
+    end of run, logging's flush), move every object into the collector's permanent generation
+    (`gc.freeze`), which the interpreter's final collections never scan. That walk took 1.6 to
+    1.9 s at the end of every stage process on 2 cores (py-spy: `gc_collect_main` after the
+    last atexit handler; 0.3 s with this). Objects are still freed by reference counting as the
+    modules are cleared; only objects in reference cycles stay for the OS to reclaim, and no
+    stage keeps work for their finalizers: every output is written and closed before `run`
+    returns (`btbnet.io.atomic_output`)."""
+    atexit.register(gc.freeze)
 
 
 def interrupt_on_sigterm() -> None:

@@ -27,7 +27,7 @@ from btbnet.io import atomic_output, remove
 from . import cluster
 from . import params as params_lib
 from .params import Params, load_params
-from .process import INTERRUPTED, die_with_parent, interrupt_on_sigterm, interruption
+from .process import INTERRUPTED, die_with_parent, interrupt_on_sigterm, interruption, skip_final_collection
 
 ERRORS = (ConfigError, DataError, FileNotFoundError, ValueError, FloatingPointError)  # bad input: exit 2
 
@@ -43,9 +43,11 @@ C = TypeVar("C", bound=StageConfig)
 
 def main(stage: str, configure: Callable[[Params], C], run: Callable[[C], None]) -> None:
     """The stage's process: die with `dvc repro`, turn SIGTERM into an interrupt, keep the
-    console quiet, then `execute` and exit with its status."""
+    console quiet, then `execute` and exit with its status (skipping Python's last garbage
+    collection: `skip_final_collection`)."""
     die_with_parent()
     interrupt_on_sigterm()
+    skip_final_collection()
     quiet()
     sys.exit(execute(stage, configure, run))
 
