@@ -521,7 +521,7 @@ def test_a_queue_of_two_experiments_runs_to_the_end(queue_repo):
             if all(m and m.group(1) in ("Success", "Failed") for m in states.values()):
                 break
             assert time.monotonic() < deadline, status
-            time.sleep(5)
+            time.sleep(2)
         assert all(m.group(1) == "Success" for m in states.values()), status
     finally:
         dvc(repo, "queue", "stop")

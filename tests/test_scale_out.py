@@ -8,7 +8,8 @@ outside (SIGKILL to a node's processes), never from the training code.
 
 One cluster and one tracking server serve the module; one pipeline run on them (`ray job
 submit` of `dvc repro`, logging to the server, checkpoints and inputs on a file:// "bucket")
-is read by the tests of sections 1, 3 and 4. The test that removes a node replaces it after.
+is read by the tests of sections 1, 3 and 4. After the test that removes a node, the next test
+that needs two nodes starts a new second node (none if that test was the last).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Cluster:
         self.head = self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=true",
                                          "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}"])  # fmt: skip
         self.nodes = [self.head]
+        self.lost = False  # a test removed the second node; the next test that needs it starts another
         try:
             self.wait_for_port(self.head)
             self.wait_for_nodes(1)
@@ -68,11 +70,15 @@ class Cluster:
         for proc in reversed(self.nodes):
             Cluster.stop(proc)
 
-    def replace_worker(self) -> None:
-        """Stop what is left of the second node and start a new one in its place."""
-        Cluster.stop(self.nodes[1])
-        self.nodes[1] = self._start("worker", [f"--address={self.address}"])
-        self.wait_for_nodes(2)
+    def two_nodes(self) -> "Cluster":
+        """The cluster with two live nodes: if a test removed the second one, what is left of it
+        is stopped and a new one started in its place (only when a later test needs it: 10-15 s)."""
+        if self.lost:
+            Cluster.stop(self.nodes[1])
+            self.nodes[1] = self._start("worker", [f"--address={self.address}"])
+            self.wait_for_nodes(2)
+            self.lost = False
+        return self
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         return subprocess.Popen(
@@ -143,10 +149,16 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
+def module_cluster(tmp_path_factory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("cluster"))
     yield c
     c.close()
+
+
+@pytest.fixture()
+def cluster(module_cluster) -> Cluster:
+    """The module's cluster with both nodes up, whichever test ran before."""
+    return module_cluster.two_nodes()
 
 
 def test_a_node_that_refuses_to_start_fails_the_cluster_at_once_with_its_log(tmp_path, monkeypatch):
@@ -218,11 +230,12 @@ class JobRun:
 
 
 @pytest.fixture(scope="module")
-def job_run(cluster, mlflow_server, tmp_path_factory) -> JobRun:
+def job_run(module_cluster, mlflow_server, tmp_path_factory) -> JobRun:
     """What the README says, on the two-node cluster: `ray job submit --working-dir . -- python
     infra/ray_job.py --workspace DIR -- dvc repro`, the stages logging to a tracking server, Ray
     Train's storage an object-store URI (file:// here, s3:// on a cluster without a shared file
     system): the driver uploads the training inputs there and the workers read them from it."""
+    cluster = module_cluster.two_nodes()
     tmp = tmp_path_factory.mktemp("job")
     repo, bucket, workspace = copy_repo(tmp / "repo", TINY_PARAMS), tmp / "bucket", tmp / "workspace"
     write_params(repo, SPREAD | {"train": {"ray": SPREAD["train"]["ray"] | {"storage": bucket.as_uri()}}})
@@ -254,10 +267,10 @@ def test_synthesize_and_pretrain_run_on_both_nodes(job_run):
 
 @pytest.fixture()
 def losing_a_node(cluster) -> Iterator[Cluster]:
-    """The module's cluster, for a test that removes its second node: a new second node takes
-    its place afterwards, so that the other tests find two live nodes, in any order."""
+    """The module's cluster, for a test that removes its second node: marked lost afterwards,
+    so that a later test that needs two nodes gets a new second node (`Cluster.two_nodes`)."""
     yield cluster
-    cluster.replace_worker()
+    cluster.lost = True
 
 
 def test_a_removed_node_is_survived_from_the_last_checkpoint(losing_a_node, repo, tmp_path):
