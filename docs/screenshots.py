@@ -11,7 +11,7 @@ DIR is a btbnet repo after `dvc repro` and at least one `dvc exp run` (with its 
   code-file hashes), and DVC squeezes them into 200 columns as "emb…" and "…"; pass
   `--exp-show-args=` to see that.
 * `mlflow-runs.png`: the runs table of the MLflow experiment "btbnet", in the model-training
-  view (`?workflowType=machine_learning`: MLflow 3.17's UI opens the GenAI view without it),
+  view (`?workflowType=machine_learning`: MLflow 3.17's and 3.18's UI open the GenAI view without it),
   parent runs collapsed, with their metrics as columns. A fresh browser shows no metric column
   until one is picked in "Columns"; the script picks the parent runs' metrics as a shared
   view (the tag the UI's Share button writes) in a copy of mlflow.db, which `mlflow ui`
