@@ -26,7 +26,7 @@ def blob_mask(h: int, w: int) -> np.ndarray:
 
 
 def test_sixteen_distinct_versions():
-    """Section 4.1: 8 orientations × flip give 16 different pairs of an asymmetric image (index 16 is refused)."""
+    """Section 4.1: 8 orientations × flip give 16 different versions of an asymmetric image."""
     image, mask = noise_pair(21, 21)
     versions = {augment(image, mask, i)[0].tobytes() for i in range(16)}
     assert len(versions) == 16 == NUM_AUGMENTATIONS
